@@ -1,0 +1,109 @@
+"""Fréchet distance between Gaussians fitted to feature sets (Heusel et al. 2017, "GANs trained by a two
+time-scale update rule", Eq. 6; the FID of NVlabs/edm ``fid.py``).
+
+    d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2·(Σ₁Σ₂)^½)
+
+μ, Σ are the mean and the unbiased (N − 1) covariance of the features, kept in float64. Statistics files are
+``.npz`` archives with the arrays ``mu`` [D] and ``sigma`` [D, D], the layout of NVlabs/edm's reference files.
+"""
+import os
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+
+SQRTM_EPS = 1e-6
+SQRTM_MAX_REL_ERROR = 1e-3
+
+
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean μ [D] and unbiased covariance Σ = Σᵢ(xᵢ − μ)(xᵢ − μ)ᵀ / (N − 1) [D, D] of ``features`` [N, D], float64."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().to(torch.float64).numpy()
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D array [N, D], got shape {tuple(x.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"the covariance needs at least 2 feature vectors, got N={x.shape[0]}")
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or inf; check the images or the feature network")
+    mu = x.mean(axis=0)
+    centered = x - mu
+    sigma = centered.T @ centered / (x.shape[0] - 1)
+    return mu, sigma
+
+
+def _sqrtm_trace(a: np.ndarray) -> float | None:
+    """Tr(A^½) from scipy's Schur-based sqrtm (real part); None when the result is not finite or inaccurate."""
+    root = scipy.linalg.sqrtm(a)
+    if not np.isfinite(root).all():
+        return None
+    rel_error = np.linalg.norm(root @ root - a) / max(np.linalg.norm(a), np.finfo(np.float64).tiny)
+    if rel_error > SQRTM_MAX_REL_ERROR:
+        return None
+    return float(np.trace(root).real)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SQRTM_EPS) -> float:
+    """d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2·sqrtm(Σ₁Σ₂)) (Heusel et al. 2017, Eq. 6).
+
+    When sqrtm(Σ₁Σ₂) fails on a near-singular product, the whole distance is taken between the regularised
+    Gaussians with Σ + εI (so that identical statistics still give 0), with a warning.
+    """
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"statistics do not match: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {sigma1.shape}, sigma2 {sigma2.shape}; "
+            "both sets need mu [D] and sigma [D, D] from the same feature network"
+        )
+    diff = mu1 - mu2
+    tr_covmean = _sqrtm_trace(sigma1 @ sigma2)
+    if tr_covmean is None:
+        warnings.warn(f"sqrtm(Σ1·Σ2) is singular or inaccurate; adding {eps:g}·I to both covariances", RuntimeWarning)
+        sigma1, sigma2 = sigma1 + eps * np.eye(d), sigma2 + eps * np.eye(d)
+        tr_covmean = _sqrtm_trace(sigma1 @ sigma2)
+        if tr_covmean is None:
+            raise FloatingPointError("sqrtm(Σ1·Σ2) failed even after regularisation; the covariances are degenerate")
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write ``mu`` [D] and ``sigma`` [D, D] as float64 arrays into the ``.npz`` at ``path``."""
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+    path = os.fspath(path)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma)
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``mu``, ``sigma`` (float64) from an ``.npz`` written by :func:`save_statistics` or NVlabs/edm ``fid.py ref``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"reference statistics {path!r} not found; compute them with "
+            f"`python -m edmlab.metrics.ref_stats --data <dataset> --dest {path}` or download NVlabs/edm's npz"
+        )
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path!r} is not a readable .npz statistics file ({e}); recreate it") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} is a single .npy array, but reference statistics are an .npz with 'mu' and 'sigma'")
+    with data:
+        if not {"mu", "sigma"} <= set(data.files):
+            raise ValueError(
+                f"{path!r} holds arrays {sorted(data.files)}, but reference statistics need 'mu' and 'sigma'; "
+                "recreate it with `python -m edmlab.metrics.ref_stats`"
+            )
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{path!r}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+    return mu, sigma

@@ -1,0 +1,48 @@
+"""Signal scalings s(t) with s'(t) (EDM Table 1, "Scaling" row; Eq. 4).
+
+x(t) = s(t)·x̂(t) where x̂ lives in the unscaled space of p(x; σ). A scaling is bound to the schedule
+whose σ(t) it reads.
+"""
+import torch
+
+from .schedules import Schedule
+
+
+class Scaling:
+    name = "scaling"
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def s(self, t):
+        raise NotImplementedError
+
+    def s_deriv(self, t):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.schedule!r})"
+
+
+class NoScaling(Scaling):
+    """s(t) = 1 (VE, EDM)."""
+
+    name = "none"
+
+    def s(self, t):
+        return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
+
+    def s_deriv(self, t):
+        return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
+
+
+class VPScaling(Scaling):
+    """s(t) = 1/√(1 + σ(t)²), s'(t) = −σ(t)σ'(t)s(t)³ (variance preserving)."""
+
+    name = "vp"
+
+    def s(self, t):
+        return 1 / (1 + self.schedule.sigma(t).square()).sqrt()
+
+    def s_deriv(self, t):
+        return -self.schedule.sigma(t) * self.schedule.sigma_deriv(t) * self.s(t) ** 3
