@@ -86,7 +86,7 @@ def test_every_warp_converges_to_the_same_endpoint():
     exact = MIX.ode_solution(z * 80.0, 80.0)
     for schedule, scaling, disc in itertools.product(("vp", "ve", "linear"), ("vp", "none"),
                                                      ("vp", "ve", "iddpm", "edm")):
-        Ns, bound = ((32, 256), 2e-2) if disc == "iddpm" else ((32, 512), 1.2e-3)
+        Ns, bound = (32, 512), (2e-2 if disc == "iddpm" else 1.2e-3)
         errs = [(edmlab.sample(MIX, z, schedule=schedule, scaling=scaling, discretization=disc, num_steps=N,
                                sigma_min=0.002, sigma_max=80.0) - exact).abs().max().item() for N in Ns]
         assert errs[1] < bound and errs[1] < errs[0] / 2.5, (schedule, scaling, disc, errs)
