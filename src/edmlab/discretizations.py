@@ -55,7 +55,7 @@ def iddpm_grid(C_1: float = 0.001, C_2: float = 0.008, M: int = 1000) -> torch.T
     u = [0.0] * (M + 1)
     for j in range(M, 0, -1):
         u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C_1) - 1)
-    return torch.tensor(u, dtype=torch.float64)
+    return torch.tensor(u, dtype=torch.float64, device="cpu")
 
 
 def iddpm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, C_1: float = 0.001, C_2: float = 0.008,

@@ -81,8 +81,9 @@ class iDDPMPrecond(Precond):
     def __init__(self, model, C_1=0.001, C_2=0.008, M=1000, label_dim=None):
         super().__init__(model, label_dim)
         self.C_1, self.C_2, self.M = C_1, C_2, M
-        self.register_buffer("u", iddpm_grid(C_1, C_2, M).to(torch.float32), persistent=False)
-        self.sigma_min, self.sigma_max = float(self.u[M - 1]), float(self.u[0])
+        u = iddpm_grid(C_1, C_2, M)
+        self.sigma_min, self.sigma_max = float(u[M - 1]), float(u[0])
+        self.register_buffer("u", u.to(torch.float32), persistent=False)
 
     def _nearest(self, sigma):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.u.device)

@@ -5,7 +5,7 @@ whose σ(t) it reads.
 """
 import torch
 
-from .schedules import Schedule
+from .schedules import Schedule, _as_tensor
 
 
 class Scaling:
@@ -30,10 +30,10 @@ class NoScaling(Scaling):
     name = "none"
 
     def s(self, t):
-        return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
+        return torch.ones_like(_as_tensor(t))
 
     def s_deriv(self, t):
-        return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
+        return torch.zeros_like(_as_tensor(t))
 
 
 class VPScaling(Scaling):

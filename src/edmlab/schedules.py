@@ -9,7 +9,8 @@ import torch
 
 
 def _as_tensor(t) -> torch.Tensor:
-    return torch.as_tensor(t, dtype=torch.float64)
+    """float64, on t's device (host for Python numbers)."""
+    return torch.as_tensor(t, dtype=torch.float64, device=t.device if isinstance(t, torch.Tensor) else "cpu")
 
 
 class Schedule:

@@ -1,0 +1,80 @@
+"""A self-describing network file and ``load()``: a trained denoiser in a notebook without Hydra or Lightning.
+
+The file (``torch.save``) holds ``format``, the specs (``_target_`` dicts) of the raw network and of the
+preconditioning, the data-dependent network keywords, the EMA weights and the resolved run config. ``load`` also
+reads a Lightning checkpoint of ``edmlab.lightning.EDMModule`` (its EMA weights).
+"""
+import importlib
+from pathlib import Path
+
+import torch
+
+FORMAT = "edmlab-network-v1"
+
+
+def build(spec: dict, **extra):
+    """Instantiate a ``{'_target_': 'pkg.Class', **kwargs}`` spec (what Hydra's instantiate does for a flat spec)."""
+    spec = dict(spec)
+    target = spec.pop("_target_")
+    spec.pop("_partial_", None)
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)(**spec, **extra)
+
+
+def build_denoiser(model_spec: dict) -> torch.nn.Module:
+    """The preconditioned network D(x; σ) of a model spec {network, network_kwargs, preconditioning}."""
+    try:
+        net = build(model_spec["network"], **model_spec["network_kwargs"])
+    except TypeError as e:
+        raise ValueError(f"network {model_spec['network'].get('_target_')} does not fit the data "
+                         f"({model_spec['network_kwargs']}): {e}. Use a UNet (network=digits_small/ddpmpp/ncsnpp/adm) "
+                         f"for images and network=mlp for points (data=mixture)") from e
+    return build(model_spec["preconditioning"], model=net)
+
+
+def save_network(path: str | Path, denoiser: torch.nn.Module, model_spec: dict, config: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in denoiser.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": FORMAT, "model": model_spec, "state_dict": state, "config": config}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {e}. Expected an edmlab network file (network.pt) or a Lightning "
+                         f"checkpoint (checkpoints/last.ckpt) written by src/train.py") from e
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        return blob["model"], blob["state_dict"]
+    if isinstance(blob, dict) and "edmlab" in blob:
+        prefix = "ema."
+        state = {k[len(prefix):]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
+        return blob["edmlab"]["model"], state
+    raise ValueError(f"{path} is not an edmlab network file or an edmlab training checkpoint "
+                     f"(no 'format': {FORMAT!r} and no 'edmlab' entry); for NVlabs/edm pickles use their loader")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained denoiser ``D(x, sigma, class_labels=None)`` (EMA weights, eval mode) of a network file or checkpoint;
+    it carries ``sigma_min``, ``sigma_max``, ``round_sigma``, ``label_dim`` and ``model_spec`` for ``edmlab.sample``."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "network.pt", path / "checkpoints" / "last.ckpt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds neither network.pt nor checkpoints/last.ckpt")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"no network file at {path}; pass the network.pt or checkpoints/last.ckpt of a run")
+    model_spec, state = _read(path)
+    denoiser = build_denoiser(model_spec)
+    missing, unexpected = denoiser.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: its weights do not fit the architecture it describes "
+                         f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+    denoiser.model_spec = model_spec
+    return denoiser.eval().requires_grad_(False).to(device)

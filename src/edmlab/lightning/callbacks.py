@@ -1,0 +1,93 @@
+"""Callbacks of a training run: sample grids from the EMA weights, and the end-of-run report (network export,
+samples.png, metrics.json)."""
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from ..export import save_network
+from ..images import save_grid
+from ..metrics.for_dataset import dataset_metric
+from ..solvers import nfe
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end) draw ``num_images`` with the configured sampler
+    from the EMA weights, always from the same seeds, and save ``samples/step_XXXXXXX.png``; logged to W&B too."""
+
+    def __init__(self, output_dir: str, every_n_steps: int = 1000, num_images: int = 64, seed: int = 0,
+                 scale: int = 4):
+        self.output_dir, self.every_n_steps, self.num_images = Path(output_dir), every_n_steps, num_images
+        self.seed, self.scale = seed, scale
+
+    @rank_zero_only
+    def draw(self, trainer, module):
+        images = module.generate(range(self.seed, self.seed + self.num_images)).float()
+        if images.ndim != 4:
+            return None
+        path = save_grid(images, self.output_dir / "samples" / f"step_{trainer.global_step:07d}.png", scale=self.scale)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("samples", [str(path)], step=trainer.global_step)
+        return images
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0 and getattr(self, "_last", -1) != step:
+            self._last = step
+            self.draw(trainer, module)
+
+
+class FinalReport(L.Callback):
+    """At the end of training (rank 0): export ``network.pt`` (EMA weights + resolved config), draw
+    ``num_samples`` images into ``samples.png``, score them with the data set's metric, write ``metrics.json``."""
+
+    def __init__(self, output_dir: str, num_samples: int = 1000, grid_images: int = 100, seed: int = 0,
+                 scale: int = 4):
+        self.output_dir, self.num_samples, self.grid_images = Path(output_dir), num_samples, grid_images
+        self.seed, self.scale = seed, scale
+        self._start = None
+
+    def on_train_start(self, trainer, module):
+        self._start, self._start_step = time.time(), trainer.global_step
+
+    @rank_zero_only
+    def on_train_end(self, trainer, module):
+        out = self.output_dir
+        config = module.hparams.config
+        save_network(out / "network.pt", module.ema, dict(module.hparams.model), config)
+        t0 = time.time()
+        samples = module.generate(range(self.seed, self.seed + self.num_samples)).float().cpu()
+        sample_sec = time.time() - t0
+        if samples.ndim == 4:
+            save_grid(samples[: self.grid_images], out / "samples.png", scale=self.scale)
+        elif samples.ndim == 2 and samples.shape[1] == 2:
+            from ..viz.points import save_scatter
+
+            save_scatter(samples, out / "samples.png")
+        metrics = {"step": trainer.global_step, "kimg": trainer.global_step * module.batch_size / 1000,
+                   "train_sec": time.time() - (self._start or t0) - sample_sec, "sample_sec": sample_sec,
+                   "num_samples": self.num_samples,
+                   "nfe": nfe(module.hparams.sampler.get("solver", "heun"), module.hparams.sampler.get("num_steps", 18))}
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            metrics["train_loss"] = float(loss)
+        steps = trainer.global_step - getattr(self, "_start_step", 0)
+        if metrics["train_sec"] > 0:
+            metrics["images_per_sec"] = steps * module.batch_size / metrics["train_sec"]
+        scorer = dataset_metric(trainer.datamodule.dataset) if trainer.datamodule is not None else None
+        if scorer is not None:
+            metrics.update(scorer(samples))
+            metrics["floor"] = scorer.floor
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        flat = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=trainer.global_step)
+        if samples.ndim == 4:
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image("final/samples", [str(out / "samples.png")], step=trainer.global_step)

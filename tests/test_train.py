@@ -1,0 +1,215 @@
+"""Training: configs, the EDM training mechanics (LR ramp-up, EMA, reduction), exact resume, export, bad input."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, compose, run_script
+
+import edmlab
+from edmlab.lightning.ema import ema_beta
+from edmlab.lightning.run import build, model_spec, train
+
+GROUPS = ["preconditioning", "loss_weighting", "noise_distribution", "solver", "discretization", "schedule",
+          "scaling", "sampler", "network", "augment", "trainer", "logger", "callbacks"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+class StubData:
+    def __init__(self, shape, label_dim):
+        self.shape, self.label_dim = shape, label_dim
+        self.network_kwargs = (dict(dim=shape[0]) if len(shape) == 1 else
+                               dict(img_resolution=shape[-1], in_channels=shape[0], out_channels=shape[0]))
+
+
+def instantiate_model(cfg):
+    """The training module of a config on the meta device (no memory, no data files needed)."""
+    from edmlab.lightning.module import EDMModule
+    from omegaconf import OmegaConf
+
+    target = cfg.data.dataset._target_
+    shape = {"CIFAR10Dataset": (3, 32, 32), "DigitsDataset": (1, 8, 8), "PointsDataset": (2,)}.get(
+        target.rsplit(".", 1)[-1], (3, cfg.data.dataset.get("resolution") or 64, cfg.data.dataset.get("resolution") or 64))
+    label_dim = 1000 if "imagenet" in cfg.task_name else (10 if cfg.data.cond else 0)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    with torch.device("meta"):
+        return EDMModule(model=model_spec(cfg, StubData(shape, label_dim)),
+                         noise_distribution=OmegaConf.to_container(cfg.noise_distribution, resolve=True),
+                         loss_weighting=OmegaConf.to_container(cfg.loss_weighting, resolve=True),
+                         augment=OmegaConf.to_container(cfg.augment, resolve=True) if cfg.augment else None,
+                         optim=container["optim"], ema=container["ema"],
+                         sampler=OmegaConf.to_container(cfg.sampler, resolve=True), batch_size=cfg.batch_size)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
+    assert options(group), group
+    for option in options(group):
+        extra = ["data=mixture"] if (group, option) == ("network", "mlp") else []
+        cfg = compose("train", [f"{group}={option}", *extra], tmp_path)
+        module = instantiate_model(cfg)
+        assert module.net.sigma_min < module.net.sigma_max
+        edmlab.sampling._validate(cfg.sampler.num_steps, cfg.sampler.rho, cfg.sampler.alpha, cfg.sampler.S_churn,
+                                  cfg.sampler.S_noise)
+
+
+# Parameter counts of NVlabs/edm's published configurations (edm-nvlabs.md §7.3), preconditioning included.
+PRESET_PARAMS = {"cifar10_cond_ddpmpp": 55.74e6, "cifar10_uncond_ddpmpp": 55.73e6, "cifar10_cond_ncsnpp": 56.40e6,
+                 "cifar10_uncond_ncsnpp": 56.40e6, "ffhq64_ddpmpp": 61.81e6, "ffhq64_ncsnpp": 62.76e6,
+                 "afhqv2_64_ddpmpp": 61.81e6, "afhqv2_64_ncsnpp": 62.76e6, "imagenet64_adm": 295.90e6}
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_preset_composes_and_instantiates(experiment, tmp_path):
+    cfg = compose("train", [f"experiment={experiment}"], tmp_path)
+    module = instantiate_model(cfg)
+    params = sum(p.numel() for p in module.net.parameters())
+    if experiment in PRESET_PARAMS:
+        assert round(params / 1e4) == round(PRESET_PARAMS[experiment] / 1e4), params
+        assert type(module.net).__name__ == "EDMPrecond" and cfg.optim.lr_rampup_kimg == 10000
+
+
+def test_cifar10_preset_matches_edm_hyperparameters(tmp_path):
+    cfg = compose("train", ["experiment=cifar10_cond_ddpmpp"], tmp_path)
+    assert (cfg.batch_size, cfg.optim.lr, cfg.ema.halflife_kimg, cfg.network.dropout, cfg.augment.p) == \
+        (512, 1e-3, 500, 0.13, 0.12)
+    assert cfg.duration_kimg == 200_000 and cfg.data.cond and list(cfg.network.channel_mult) == [2, 2, 2]
+
+
+def test_ema_beta_matches_edm_formula():
+    assert ema_beta(512, 10**9, 500) == pytest.approx(0.5 ** (512 / 500_000))
+    assert ema_beta(512, 10**9, 500) == pytest.approx(0.99929, abs=1e-5)
+    assert ema_beta(512, 20_000, 500, 0.05) == pytest.approx(0.5 ** (512 / 1000))
+    assert ema_beta(512, 0, 500, 0.05) == 0.0
+    assert ema_beta(512, 0, 500, None) == pytest.approx(0.5 ** (512 / 500_000))
+
+
+def fit(tmp_path, overrides, name="run"):
+    if "callbacks=none" in overrides:
+        overrides = [o for o in overrides if not o.startswith("callbacks.")]
+    cfg = compose("train", overrides, tmp_path / name)
+    trainer, module, datamodule = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return trainer, module
+
+
+def test_learning_rate_ramp_and_ema_follow_edm(tmp_path, tiny):
+    """After k steps: lr = lr₀·min(k·B/rampup, 1), and the EMA equals the recursion run by hand on the weights."""
+    captured = []
+    from edmlab.lightning.module import EDMModule
+
+    original = EDMModule.optimizer_step
+
+    def spy(self, *args, **kwargs):
+        before = [p.detach().clone() for p in self.ema.parameters()]
+        original(self, *args, **kwargs)
+        captured.append((self.cur_nimg, self.optimizers().param_groups[0]["lr"], before,
+                         [p.detach().clone() for p in self.net.parameters()],
+                         [p.detach().clone() for p in self.ema.parameters()]))
+
+    EDMModule.optimizer_step = spy
+    try:
+        fit(tmp_path, tiny + ["duration_kimg=0.192", "optim.lr_rampup_kimg=0.1", "ema.halflife_kimg=0.05",
+                              "callbacks=none"])
+    finally:
+        EDMModule.optimizer_step = original
+    assert len(captured) == 6
+    for k, (nimg_after, lr, ema_before, net, ema_after) in enumerate(captured):
+        assert lr == pytest.approx(2e-3 * min(k * 32 / 100, 1))
+        beta = 0.5 ** (32 / max(min(50, 0.05 * k * 32), 1e-8))
+        for e0, p, e1 in zip(ema_before, net, ema_after):
+            torch.testing.assert_close(e1, beta * e0 + (1 - beta) * p, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["vp", "ve", "iddpm", "edm"])
+def test_each_preconditioning_trains_on_digits(variant, tmp_path, tiny):
+    loss = {"iddpm": "vp"}.get(variant, variant)
+    trainer, module = fit(tmp_path, tiny + [f"preconditioning={variant}", f"loss_weighting={loss}",
+                                            f"noise_distribution={loss}", "duration_kimg=6.4"])
+    assert trainer.global_step == 200
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["digits_fd"])
+    assert all(torch.isfinite(p).all() for p in module.ema.parameters())
+
+
+def test_exact_resume(tmp_path, tiny):
+    """2N steps == N steps + resume + N steps: weights, EMA, optimizer state, noise draws and data order."""
+    common = tiny + ["callbacks=default", "callbacks.final_report.num_samples=8", "network.dropout=0.1",
+                     "augment=edm", "callbacks.checkpoint.every_n_train_steps=4"]
+    _, straight = fit(tmp_path, common + ["duration_kimg=0.256"], "straight")
+    fit(tmp_path, common + ["duration_kimg=0.128"], "first")
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    _, resumed = fit(tmp_path, common + ["duration_kimg=0.256", f"ckpt_path={ckpt}"], "second")
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    opt_a = straight.optimizers().optimizer.state_dict()["state"]
+    opt_b = resumed.optimizers().optimizer.state_dict()["state"]
+    for k in opt_a:
+        torch.testing.assert_close(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_export_and_load_give_the_ema_denoiser(tmp_path, tiny):
+    _, module = fit(tmp_path, tiny + ["duration_kimg=0.128", "callbacks=default"])
+    run = tmp_path / "run"
+    x, sigma = torch.randn(4, 1, 8, 8), torch.tensor([0.1, 1.0, 5.0, 30.0])
+    expected = module.ema(x, sigma)
+    for path in (run / "network.pt", run / "checkpoints" / "last.ckpt", run):
+        denoiser = edmlab.load(path)
+        torch.testing.assert_close(denoiser(x, sigma), expected)
+    samples = edmlab.sample(edmlab.load(run), torch.randn(3, 1, 8, 8), num_steps=4)
+    assert samples.shape == (3, 1, 8, 8) and torch.isfinite(samples).all()
+
+
+def test_loss_per_sigma_is_logged(tmp_path, tiny):
+    fit(tmp_path, tiny + ["duration_kimg=0.64", "callbacks=none"])
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    bins = [c for c in header.split(",") if c.startswith("loss_per_sigma/")]
+    assert len(bins) >= 5 and "train/lr" in header and "train/kimg" in header
+
+
+@pytest.mark.parametrize("override,match", [
+    ("batch_size=-4", "batch_size=-4"), ("noise_distribution.P_std=0", "P_std"), ("augment=edm", None),
+    ("optim.lr=0", "optim.lr=0"), ("sigma_data=-1", "sigma_data=-1")])
+def test_bad_config_values_fail_before_training(override, match, tmp_path, tiny):
+    overrides = tiny + [override] + (["augment.p=1.5"] if override == "augment=edm" else [])
+    with pytest.raises(ValueError, match=match or "p"):
+        fit(tmp_path, overrides)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_network_that_does_not_fit_the_data(tmp_path, tiny):
+    with pytest.raises(ValueError, match="network=mlp for points"):
+        fit(tmp_path, tiny[2:] + ["network=mlp"])
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path, tiny):
+    with pytest.raises(Exception, match="nope"):
+        fit(tmp_path, tiny + ["data=image_folder", f"data.dataset.path={tmp_path / 'nope'}"])
+
+
+def test_resume_from_another_architecture_is_refused(tmp_path, tiny):
+    fit(tmp_path, tiny + ["duration_kimg=0.064", "callbacks=default"], "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="another model"):
+        fit(tmp_path, tiny + ["duration_kimg=0.128", "network.model_channels=8", f"ckpt_path={ckpt}"], "b")
+
+
+def test_train_script_end_to_end_with_wandb_offline(tmp_path):
+    """The real entry point: outputs/train/<time>/ with checkpoint, network, samples.png, metrics.json, config,
+    and an offline W&B run; a typo'd key fails at compose time."""
+    args = ["network.model_channels=16", "network.channel_mult=[1,2]", "batch_size=32", "duration_kimg=0.128",
+            "trainer.enable_progress_bar=false", "callbacks.final_report.num_samples=32", "sampler.num_steps=4"]
+    result = run_script("train.py", args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = list((tmp_path / "outputs" / "train").iterdir())
+    for name in ("checkpoints/last.ckpt", "network.pt", "samples.png", "metrics.json", "config.yaml", "csv/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "wandb").glob("offline-run-*")), list(run.iterdir())
+    bad = run_script("train.py", ["sampler.rhoo=3"], tmp_path)
+    assert bad.returncode != 0 and "rhoo" in bad.stderr
+    bad = run_script("train.py", ["batch_size=0"], tmp_path)
+    assert bad.returncode == 2 and "batch_size=0" in bad.stderr and "Traceback" not in bad.stderr
