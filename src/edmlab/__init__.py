@@ -1,5 +1,6 @@
 """edmlab: the design space of diffusion models (Karras et al. 2022, "EDM") as composable, tested pieces."""
 from .discretizations import DEFAULT_SIGMA_RANGE, discretize, edm_sigmas, iddpm_grid, iddpm_sigmas, ve_sigmas, vp_sigmas
+from .export import load, save_network
 from .loss import DenoisingLoss, LossOutput
 from .loss_weighting import EDMWeighting, InverseVariance
 from .mixture import GaussianMixture
@@ -12,7 +13,7 @@ from .solvers import SOLVERS, Churn, ProbabilityFlow, nfe, sample_euler, sample_
 from .training_noise import EDMNoise, VENoise, VPNoise
 
 __all__ = [
-    "sample", "GaussianMixture", "time_steps", "sigma_steps", "sigma_range", "make_flow", "SeedStreams",
+    "sample", "load", "save_network", "GaussianMixture", "time_steps", "sigma_steps", "sigma_range", "make_flow", "SeedStreams",
     "LinearSchedule", "VESchedule", "VPSchedule", "NoScaling", "VPScaling",
     "discretize", "edm_sigmas", "ve_sigmas", "vp_sigmas", "iddpm_sigmas", "iddpm_grid",
     "Precond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "DenoisingLoss", "LossOutput",

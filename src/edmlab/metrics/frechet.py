@@ -36,7 +36,9 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray,
 
 def _sqrtm_trace(a: np.ndarray) -> float | None:
     """Tr(A^½) from scipy's Schur-based sqrtm (real part); None when the result is not finite or inaccurate."""
-    root = scipy.linalg.sqrtm(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # the accuracy is checked below instead
+        root = scipy.linalg.sqrtm(a)
     if not np.isfinite(root).all():
         return None
     rel_error = np.linalg.norm(root @ root - a) / max(np.linalg.norm(a), np.finfo(np.float64).tiny)
@@ -45,12 +47,32 @@ def _sqrtm_trace(a: np.ndarray) -> float | None:
     return float(np.trace(root).real)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SQRTM_EPS) -> float:
+def _eigh_trace(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((Σ₁Σ₂)^½) = Σᵢ √λᵢ(Λ^½ VᵀΣ₂V Λ^½) with Σ₁ = VΛVᵀ: Σ₁Σ₂ is similar to that PSD matrix, so symmetric
+    eigensolves suffice, and only the numerically non-zero part of Λ (rank r) enters: O(D³) for one eigh + O(D²r)."""
+
+    def positive(w: np.ndarray) -> np.ndarray:
+        return w > w.max(initial=0.0) * len(w) * np.finfo(np.float64).eps
+
+    w, v = np.linalg.eigh(sigma1)
+    keep = positive(w)
+    root_w = np.sqrt(w[keep])
+    inner = (v[:, keep].T @ sigma2 @ v[:, keep]) * root_w[:, None] * root_w[None, :]
+    lam = np.linalg.eigvalsh(inner)
+    return float(np.sqrt(lam[positive(lam)]).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SQRTM_EPS, method: str = "sqrtm") -> float:
     """d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2·sqrtm(Σ₁Σ₂)) (Heusel et al. 2017, Eq. 6).
 
-    When sqrtm(Σ₁Σ₂) fails on a near-singular product, the whole distance is taken between the regularised
-    Gaussians with Σ + εI (so that identical statistics still give 0), with a warning.
+    ``method="sqrtm"`` (default) is NVlabs/edm's: scipy's Schur-based sqrtm, real part. When it fails on a
+    near-singular product, the whole distance is taken between the regularised Gaussians with Σ + εI (so that
+    identical statistics still give 0), with a warning. ``method="eigh"`` gives the same trace from symmetric
+    eigensolves (:func:`_eigh_trace`), faster than the Schur-based sqrtm at D = 2048 and needing no
+    regularisation; the two agree to rounding.
     """
+    if method not in ("sqrtm", "eigh"):
+        raise ValueError(f"method must be 'sqrtm' (NVlabs/edm) or 'eigh', got {method!r}")
     mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     d = mu1.shape[0]
@@ -60,7 +82,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SQRTM_EPS) -> float:
             "both sets need mu [D] and sigma [D, D] from the same feature network"
         )
     diff = mu1 - mu2
-    tr_covmean = _sqrtm_trace(sigma1 @ sigma2)
+    tr_covmean = _sqrtm_trace(sigma1 @ sigma2) if method == "sqrtm" else _eigh_trace(sigma1, sigma2)
     if tr_covmean is None:
         warnings.warn(f"sqrtm(Σ1·Σ2) is singular or inaccurate; adding {eps:g}·I to both covariances", RuntimeWarning)
         sigma1, sigma2 = sigma1 + eps * np.eye(d), sigma2 + eps * np.eye(d)
@@ -68,6 +90,25 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SQRTM_EPS) -> float:
         if tr_covmean is None:
             raise FloatingPointError("sqrtm(Σ1·Σ2) failed even after regularisation; the covariances are degenerate")
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def frechet_distance_to_features(features: torch.Tensor | np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """d² between the Gaussian fitted to ``features`` [N, D] and N(μ, Σ), for N ≤ D, from an N×N eigensolve.
+
+    With A the centred features, Σ_f = AᵀA/(N−1) and Tr((Σ_f Σ)^½) = Σᵢ √λᵢ(A Σ Aᵀ/(N−1)), since Σ_f Σ and
+    AΣAᵀ/(N−1) share their non-zero eigenvalues. Exact, like ``frechet_distance(..., method="eigh")``, but
+    O(N·D² + N³): a few-thousand-image FID during training costs seconds instead of a D×D decomposition.
+    """
+    mu_f, sigma_f = feature_statistics(features)
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if mu.shape != mu_f.shape or sigma.shape != sigma_f.shape:
+        raise ValueError(f"features have D={mu_f.shape[0]} but the statistics are mu {mu.shape}, sigma {sigma.shape}")
+    x = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, float)
+    a = x - mu_f
+    lam = np.linalg.eigvalsh(a @ sigma @ a.T / (len(a) - 1))
+    tr_covmean = np.sqrt(lam[lam > lam.max(initial=0.0) * len(lam) * np.finfo(np.float64).eps]).sum()
+    diff = mu_f - mu
+    return float(diff @ diff + np.trace(sigma_f) + np.trace(sigma) - 2.0 * tr_covmean)
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
@@ -84,7 +125,7 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) 
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``mu``, ``sigma`` (float64) from an ``.npz`` written by :func:`save_statistics` or NVlabs/edm ``fid.py ref``."""
+    """Read ``mu``, ``sigma`` (float64) from an ``.npz`` of :func:`save_statistics` or NVlabs/edm ``fid.py ref``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(

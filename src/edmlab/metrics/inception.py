@@ -8,67 +8,79 @@ Weights: ``weights_path`` (torch-fidelity's ``feature_extractor_weights_path``),
 ``<TORCH_HOME>/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``, otherwise a download by torch-fidelity
 when the network answers. Offline with neither, :class:`InceptionWeightsError` says which file to put where.
 """
-import concurrent.futures
 import os
 import socket
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 
 import numpy as np
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
-from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from edmlab.metrics.frechet import feature_statistics, frechet_distance, load_statistics
+from edmlab.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_to_features, load_statistics
 
-WEIGHTS_URL = URL_INCEPTION_V3
-WEIGHTS_FILE = os.path.basename(urllib.parse.urlparse(WEIGHTS_URL).path)
 FEATURE_POOL = "2048"
 FEATURE_LOGITS = "logits_unbiased"
 NETWORK_PROBE_TIMEOUT_S = 3.0
 
-_EXTRACTORS: dict[tuple[str | None, str], FeatureExtractorInceptionV3] = {}
+MAX_CACHED_EXTRACTORS = 2
+
+_EXTRACTORS: dict[tuple[str | None, str], torch.nn.Module] = {}
 
 
 class InceptionWeightsError(FileNotFoundError):
     """The Inception-v3 weights are neither at the given path, nor in torch.hub's cache, nor downloadable."""
 
 
+def weights_url() -> str:
+    """The URL torch-fidelity downloads its Inception-v3 weights from (torch-fidelity is imported lazily: ~2 s)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return URL_INCEPTION_V3
+
+
+def weights_file() -> str:
+    """The weights' file name, ``weights-inception-2015-12-05-6726825d.pth`` in torch-fidelity 0.3–0.4."""
+    return os.path.basename(urllib.parse.urlparse(weights_url()).path)
+
+
 def cached_weights_path() -> str:
     """Where torch.hub (hence torch-fidelity) keeps the downloaded weights: ``<hub dir>/checkpoints/<file>``."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILE)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", weights_file())
 
 
 def _missing_weights_message(reason: str) -> str:
     return (
-        f"{reason}. FID/KID/IS need torch-fidelity's Inception-v3 weights '{WEIGHTS_FILE}' "
-        f"(download: {WEIGHTS_URL}). Either put the file at {cached_weights_path()} "
-        f"(torch.hub's cache; set TORCH_HOME to move it) or pass weights_path=/path/to/{WEIGHTS_FILE}."
+        f"{reason}. FID/KID/IS need torch-fidelity's Inception-v3 weights '{weights_file()}' "
+        f"(download: {weights_url()}). Either put the file at {cached_weights_path()} "
+        f"(torch.hub's cache; set TORCH_HOME to move it) or pass weights_path=/path/to/{weights_file()} "
+        "(ref_stats CLI: --weights)."
     )
 
 
 def _network_reachable(url: str, timeout: float = NETWORK_PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the URL's host (or the configured HTTPS proxy) opens within ``timeout``.
 
-    The probe runs in a worker thread so that a hanging DNS lookup cannot stall the caller.
+    The probe runs in a daemon thread so that a hanging DNS lookup stalls neither the caller nor the exit.
     """
     target = urllib.request.getproxies().get(urllib.parse.urlparse(url).scheme) or url
     parts = urllib.parse.urlparse(target if "//" in target else f"//{target}")
     host, port = parts.hostname, parts.port or (443 if parts.scheme in ("https", "") else 80)
 
-    def connect() -> bool:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+    result = []
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(connect).result(timeout=timeout)
-    except (OSError, concurrent.futures.TimeoutError):
-        return False
-    finally:
-        pool.shutdown(wait=False)
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, name="edmlab-network-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(result)
 
 
 def resolve_weights(weights_path: str | os.PathLike | None = None) -> str | None:
@@ -81,13 +93,16 @@ def resolve_weights(weights_path: str | os.PathLike | None = None) -> str | None
     cached = cached_weights_path()
     if os.path.isfile(cached):
         return cached
-    if not _network_reachable(WEIGHTS_URL):
-        raise InceptionWeightsError(_missing_weights_message(f"{cached} is missing and the network is unreachable"))
+    if not _network_reachable(weights_url()):
+        reason = f"{cached} is missing and the network is unreachable"
+        raise InceptionWeightsError(_missing_weights_message(reason))
     return None
 
 
 def inception_extractor(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
-    """torch-fidelity's InceptionV3 giving (pool3 [N, 2048], unbiased logits [N, 1008]); one instance per file/device."""
+    """torch-fidelity's InceptionV3 giving (pool3 [N, 2048], unbiased logits [N, 1008]); kept per file and device."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
     path = resolve_weights(weights_path)
     key = (path, str(torch.device(device)))
     if key not in _EXTRACTORS:
@@ -95,14 +110,15 @@ def inception_extractor(weights_path: str | os.PathLike | None = None, device: s
             net = FeatureExtractorInceptionV3(
                 "inception-v3-compat", [FEATURE_POOL, FEATURE_LOGITS], feature_extractor_weights_path=path
             )
-        except OSError as e:
-            raise InceptionWeightsError(_missing_weights_message(f"downloading the weights failed ({e})")) from e
-        except (RuntimeError, KeyError, EOFError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - torch.load and load_state_dict fail in many ways on a bad file
+            if path is None and isinstance(e, OSError):
+                raise InceptionWeightsError(_missing_weights_message(f"downloading the weights failed ({e})")) from e
             raise ValueError(
                 f"{path or cached_weights_path()} is not an InceptionV3 state_dict for torch-fidelity ({e}); "
-                f"replace it with '{WEIGHTS_FILE}' from {WEIGHTS_URL}"
+                f"replace it with '{weights_file()}' from {weights_url()}"
             ) from e
-        _EXTRACTORS.clear()
+        if len(_EXTRACTORS) >= MAX_CACHED_EXTRACTORS:
+            _EXTRACTORS.pop(next(iter(_EXTRACTORS)))
         _EXTRACTORS[key] = net.to(device)
     return _EXTRACTORS[key]
 
@@ -155,11 +171,17 @@ def inception_features(
     return inception_outputs(images_uint8, weights_path, batch_size, device)["pool"]
 
 
-def fid_from_features(features: torch.Tensor | np.ndarray, ref) -> float:
-    """FID of ``features`` [N, 2048] against ``ref``: an ``.npz`` path with ``mu``/``sigma`` or a (mu, sigma) pair."""
+def fid_from_features(features: torch.Tensor | np.ndarray, ref, method: str = "sqrtm") -> float:
+    """FID of ``features`` [N, 2048] against ``ref``: an ``.npz`` path with ``mu``/``sigma`` or a (mu, sigma) pair.
+
+    ``method``: "sqrtm" as NVlabs/edm, or "eigh", the same value from symmetric eigensolves, which for fewer
+    images than feature dimensions takes only an N×N one (:func:`frechet_distance_to_features`).
+    """
     mu_ref, sigma_ref = load_statistics(ref) if isinstance(ref, (str, os.PathLike)) else ref
+    if method == "eigh" and len(features) <= np.shape(mu_ref)[0]:
+        return frechet_distance_to_features(features, mu_ref, sigma_ref)
     mu, sigma = feature_statistics(features)
-    return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    return frechet_distance(mu, sigma, mu_ref, sigma_ref, method=method)
 
 
 def kid_from_features(
@@ -167,6 +189,8 @@ def kid_from_features(
 ) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): mean ± std over ``subsets`` of unbiased MMD² with the cubic kernel
     k(x, y) = (xᵀy/D + 1)³, computed by torch-fidelity; subsets shrink to the smaller set when needed."""
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
     size = min(subset_size, len(features), len(ref_features))
     if size < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {len(features)} and {len(ref_features)}")
@@ -183,6 +207,8 @@ def kid_from_features(
 
 def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: int = 2020) -> tuple[float, float]:
     """IS (Salimans et al. 2016) = exp(E_x KL(p(y|x) ‖ p(y))), mean ± std over ``splits``, by torch-fidelity."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
     if len(logits) < splits:
         raise ValueError(f"Inception Score with {splits} splits needs ≥ {splits} images, got {len(logits)}")
     out = isc_features_to_metric(torch.as_tensor(logits), splits=splits, shuffle=True, rng_seed=seed)
@@ -200,6 +226,7 @@ def inception_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     isc_splits: int = 10,
+    fid_method: str = "sqrtm",
 ) -> dict[str, float]:
     """Any of ``fid`` (vs ``ref_stats`` npz/(mu, sigma), or ``ref_images``), ``kid`` (vs ``ref_images``), ``is``."""
     unknown = set(metrics) - {"fid", "kid", "is"}
@@ -215,17 +242,13 @@ def inception_metrics(
         ref_pool = inception_features(ref_images, weights_path, batch_size, device)
     result = {}
     if "fid" in metrics:
-        result["fid"] = fid_from_features(out["pool"], ref_stats if ref_stats is not None else feature_statistics(ref_pool))
+        ref = ref_stats if ref_stats is not None else feature_statistics(ref_pool)
+        result["fid"] = fid_from_features(out["pool"], ref, fid_method)
     if "kid" in metrics:
         result["kid_mean"], result["kid_std"] = kid_from_features(out["pool"], ref_pool, kid_subsets, kid_subset_size)
     if "is" in metrics:
         result["is_mean"], result["is_std"] = inception_score_from_logits(out["logits"], isc_splits)
     return result
-
-
-class _RandomInitInceptionV3(FeatureExtractorInceptionV3):
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
 def write_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> None:
@@ -234,6 +257,12 @@ def write_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> No
     For offline tests of the pipeline: convolutions get Kaiming-normal (ReLU gain) weights so that activations
     neither vanish nor explode through the 90-odd layers; batch norms keep identity statistics.
     """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _RandomInitInceptionV3(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return super().load_state_dict(state_dict, strict=False, assign=assign)
+
     with tempfile.TemporaryDirectory() as tmp:
         empty = os.path.join(tmp, "empty.pth")
         torch.save({}, empty)

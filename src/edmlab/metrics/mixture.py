@@ -35,8 +35,8 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, p: float = 2.0) -> torch.Te
     """
     n, m = len(u), len(v)
     u, v = u.sort(dim=0).values, v.sort(dim=0).values
-    levels = torch.cat([torch.arange(1, n + 1, device=u.device) / n, torch.arange(1, m + 1, device=u.device) / m])
-    levels = levels.double().sort().values
+    grid = dict(dtype=torch.float64, device=u.device)
+    levels = torch.cat([torch.arange(1, n + 1, **grid) / n, torch.arange(1, m + 1, **grid) / m]).sort().values
     widths = torch.diff(levels, prepend=levels.new_zeros(1))
     mid = levels - widths / 2
     iu = (mid * n).long().clamp(max=n - 1)

@@ -1,0 +1,68 @@
+"""Reference statistics for FID: Inception pool3 μ and Σ (float64, unbiased) of every image of a data set.
+
+    python -m edmlab.metrics.ref_stats --data DATA --dest stats.npz [--weights inception.pth] [--device cuda]
+
+DATA is ``digits`` (the embedded 8×8 digits), ``cifar10`` (from ``--root``, never downloaded) or a folder / ZIP in
+NVlabs/edm's dataset_tool format. The ``.npz`` has the keys ``mu`` and ``sigma``, like NVlabs/edm ``fid.py ref``
+(whose published files load into :func:`edmlab.metrics.fid_from_features` as they are).
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from edmlab.metrics.frechet import feature_statistics, save_statistics
+from edmlab.metrics.inception import float_to_uint8, inception_features
+
+
+def load_uint8_images(data: str, root: str = "data", split: str | None = None, max_images: int | None = None):
+    """All images of ``data`` as uint8 [N, C, H, W] (the first ``max_images`` when given)."""
+    if data == "digits":
+        from edmlab.data.digits import digits_arrays
+
+        images = digits_arrays(split or "all")[0]
+    elif data == "cifar10":
+        from edmlab.data.cifar10 import CIFAR10Dataset
+
+        if split not in (None, "train", "test"):
+            raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+        return CIFAR10Dataset(root, train=split != "test").images[:max_images]
+    elif os.path.exists(data):
+        from edmlab.data.image_folder import ImageFolderDataset
+
+        dataset = ImageFolderDataset(data, use_labels=False)
+        count = len(dataset) if max_images is None else min(max_images, len(dataset))
+        return torch.stack([float_to_uint8(dataset[i][0]) for i in range(count)])
+    else:
+        raise FileNotFoundError(f"--data {data!r} is neither 'digits', 'cifar10' nor an existing folder/ZIP of images")
+    return float_to_uint8(images[:max_images])
+
+
+def compute_reference_statistics(images_uint8: torch.Tensor, weights_path=None, batch_size: int = 64, device="cpu"):
+    """(μ [2048], Σ [2048, 2048]) of the Inception pool3 features of ``images_uint8``."""
+    return feature_statistics(inception_features(images_uint8, weights_path, batch_size, device))
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m edmlab.metrics.ref_stats", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="'digits', 'cifar10' or a folder/ZIP of images")
+    parser.add_argument("--dest", required=True, help="output .npz (keys mu, sigma)")
+    parser.add_argument("--weights", default=None, help="Inception weights file (default: torch.hub cache)")
+    parser.add_argument("--root", default="data", help="folder holding cifar-10-batches-py/ (for --data cifar10)")
+    parser.add_argument("--split", default=None, help="digits: all (default)/train/test; cifar10: train (default)/test")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N images (default: all)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.max_images is not None and args.max_images < 2:
+        parser.error(f"--max-images must be ≥ 2 (a covariance needs 2 images), got {args.max_images}")
+    images = load_uint8_images(args.data, args.root, args.split, args.max_images)
+    mu, sigma = compute_reference_statistics(images, args.weights, args.batch, args.device)
+    save_statistics(args.dest, mu, sigma)
+    print(f"{args.dest}: mu {mu.shape}, sigma {sigma.shape} from {len(images)} images of {args.data}", file=sys.stderr)
+    return args.dest
+
+
+if __name__ == "__main__":
+    main()
