@@ -2,9 +2,13 @@
 import contextlib
 import os
 import sys
+import warnings
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The EMA copy is in eval mode on purpose; Lightning's pytree notice is internal to Lightning.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 @contextlib.contextmanager
