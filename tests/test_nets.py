@@ -63,6 +63,40 @@ def test_network_configs_hold_only_architecture_keywords(name):
     assert (net.label_dim, net.augment_dim) == (10, 9)
 
 
+# NVlabs/edm's own outputs for small nets whose state-dict entries (sorted by name, the k-th of them) are set to
+# 0.3·sin(0.37·i + k) over their flat index i: mean, std, out[0,0,0,:3] and out[1,2,-1,-3:]. Equal outputs mean
+# equal computations and equal state-dict names and shapes, so NVlabs/edm checkpoints load into these classes.
+SMALL_16 = dict(img_resolution=16, in_channels=3, out_channels=3, label_dim=10, augment_dim=9, model_channels=32,
+                channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
+NVLABS_OUTPUTS = {
+    "ddpmpp": (SongUNet, {}, 0.4292492, 0.1752138, [-0.02288748, 0.04085758, 0.03123302], [0.5322102, 0.5196332, 0.4032742]),
+    "ncsnpp": (SongUNet, dict(embedding_type="fourier", encoder_type="residual", channel_mult_noise=2,
+                              resample_filter=[1, 3, 3, 1]),
+               0.4246886, 0.178154, [-0.02709518, 0.03402156, 0.02639394], [0.5806, 0.5575293, 0.4320194]),
+    "skip": (SongUNet, dict(encoder_type="skip", decoder_type="skip", resample_filter=[1, 3, 3, 1]),
+             0.9923864, 0.6514179, [-0.2642986, -0.4260591, -0.4902303], [0.3302763, 0.3075034, 0.3041019]),
+    "adm": (DhariwalUNet, dict(model_channels=64, attn_resolutions=[8, 4]),
+            2.903638, 0.8940939, [-0.3465305, 0.02015394, 0.193099], [2.381218, 2.189533, 1.174602]),
+}
+
+
+@pytest.mark.parametrize("name", NVLABS_OUTPUTS)
+def test_outputs_equal_nvlabs_edm_on_fixed_weights(name):
+    cls, overrides, mean, std, head, tail = NVLABS_OUTPUTS[name]
+    net = cls(**{**SMALL_16, **overrides}).eval()
+    with torch.no_grad():
+        for k, (key, t) in enumerate(sorted(net.state_dict(keep_vars=True).items())):
+            if not key.endswith("resample_filter"):
+                t.copy_((0.3 * torch.sin(0.37 * torch.arange(t.numel(), dtype=torch.float64) + k)).reshape(t.shape))
+        x = torch.cos(0.05 * torch.arange(2 * 3 * 16 * 16, dtype=torch.float64)).reshape(2, 3, 16, 16).float()
+        out = net(x, torch.tensor([-0.7, 0.4]), torch.eye(10)[[3, 8]], torch.linspace(-1, 1, 18).reshape(2, 9))
+    close = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.mean(), torch.tensor(mean), **close)
+    torch.testing.assert_close(out.std(), torch.tensor(std), **close)
+    torch.testing.assert_close(out[0, 0, 0, :3], torch.tensor(head), **close)
+    torch.testing.assert_close(out[1, 2, -1, -3:], torch.tensor(tail), **close)
+
+
 # --- layer formulas ------------------------------------------------------------------------------------
 
 def test_positional_embedding_closed_form():

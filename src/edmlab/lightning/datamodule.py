@@ -133,7 +133,8 @@ class EDMDataModule(L.LightningDataModule):
         rank, world_size, start = self._position()
         if world_size > 1 and getattr(getattr(self.trainer, "_accelerator_connector", None),
                                       "use_distributed_sampler", False):
-            raise ValueError("EDMDataModule shards the data across ranks itself: set trainer.use_distributed_sampler=false")
+            raise ValueError("EDMDataModule shards the data across ranks itself: "
+                             "set trainer.use_distributed_sampler=false")
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=self.sampler(rank, world_size, start),
             num_workers=self.num_workers, collate_fn=OneHotCollate(self.label_dim),

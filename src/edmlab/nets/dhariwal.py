@@ -13,7 +13,6 @@ from torch.nn.functional import silu
 
 from edmlab.nets.layers import (
     Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, check_image_input, check_unet_args, conditioning_inputs,
-    embedding_dtype,
 )
 
 
@@ -95,7 +94,7 @@ class DhariwalUNet(torch.nn.Module):
         """F(x; c_noise, y, a) → [N, out_channels, H, W] in the dtype of x."""
         check_image_input(self, x)
         noise_labels, class_labels, augment_labels = conditioning_inputs(
-            self, x.shape[0], noise_labels, class_labels, augment_labels, embedding_dtype(x))
+            self, x, noise_labels, class_labels, augment_labels)
         emb = self.map_noise(noise_labels)
         if augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -105,7 +104,7 @@ class DhariwalUNet(torch.nn.Module):
         emb = silu(emb)
 
         skips = []
-        for name, layer in self.enc.items():
+        for layer in self.enc.values():
             x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
             skips.append(x)
         for name, layer in self.dec.items():

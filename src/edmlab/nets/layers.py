@@ -251,7 +251,7 @@ def noise_embedding(embedding_type: str, num_channels: int, sin_first: bool = Fa
     raise ValueError(f"embedding_type must be one of {EMBEDDINGS}, got {embedding_type!r}")
 
 
-def conditioning_inputs(module: torch.nn.Module, n: int, noise_labels, class_labels, augment_labels, dtype):
+def conditioning_inputs(module: torch.nn.Module, x: torch.Tensor, noise_labels, class_labels, augment_labels):
     """Check and cast (noise_labels [N], class_labels [N, label_dim] or zeros, augment_labels [N, augment_dim] or None).
 
     A single noise label is broadcast to the batch. class_labels=None on a conditional net means the zero
@@ -259,14 +259,15 @@ def conditioning_inputs(module: torch.nn.Module, n: int, noise_labels, class_lab
     class_labels is zeroed with probability ``module.label_dropout`` (classifier-free guidance).
     """
     name = type(module).__name__
-    noise_labels = torch.as_tensor(noise_labels).to(dtype).reshape(-1)
+    n, dtype = x.shape[0], embedding_dtype(x)
+    noise_labels = torch.as_tensor(noise_labels, device=x.device).to(dtype).reshape(-1)
     if noise_labels.numel() == 1:
         noise_labels = noise_labels.expand(n)
     if noise_labels.numel() != n:
         raise ValueError(f"{name}: noise_labels must hold one value per sample ({n}), got shape {tuple(noise_labels.shape)}")
     if module.label_dim:
         if class_labels is None:
-            class_labels = torch.zeros(n, module.label_dim, dtype=dtype, device=noise_labels.device)
+            class_labels = torch.zeros(n, module.label_dim, dtype=dtype, device=x.device)
         if tuple(class_labels.shape) != (n, module.label_dim):
             raise ValueError(f"{name}: class_labels must have shape [{n}, {module.label_dim}] (one-hot), "
                              f"got {tuple(class_labels.shape)}")

@@ -9,7 +9,7 @@ import math
 import torch
 from torch.nn.functional import dropout, silu
 
-from edmlab.nets.layers import GroupNorm, Linear, conditioning_inputs, embedding_dtype, noise_embedding
+from edmlab.nets.layers import GroupNorm, Linear, conditioning_inputs, noise_embedding
 
 INIT = dict(init_mode="xavier_uniform")
 INIT_ZERO = dict(init_mode="xavier_uniform", init_weight=1e-5)
@@ -77,7 +77,7 @@ class MLP(torch.nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP: x must have shape [N, {self.dim}], got {tuple(x.shape)}")
         noise_labels, class_labels, augment_labels = conditioning_inputs(
-            self, x.shape[0], noise_labels, class_labels, augment_labels, embedding_dtype(x))
+            self, x, noise_labels, class_labels, augment_labels)
         emb = self.map_noise(noise_labels)
         if class_labels is not None:
             emb = emb + self.map_label(class_labels * math.sqrt(self.label_dim))

@@ -15,7 +15,7 @@ import torch
 from torch.nn.functional import silu
 
 from edmlab.nets.layers import (
-    Conv2d, GroupNorm, Linear, UNetBlock, check_image_input, check_unet_args, conditioning_inputs, embedding_dtype,
+    Conv2d, GroupNorm, Linear, UNetBlock, check_image_input, check_unet_args, conditioning_inputs,
     noise_embedding,
 )
 
@@ -136,9 +136,8 @@ class SongUNet(torch.nn.Module):
     def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
         """F(x; c_noise, y, a) → [N, out_channels, H, W] in the dtype of x."""
         check_image_input(self, x)
-        dtype = embedding_dtype(x)
         noise_labels, class_labels, augment_labels = conditioning_inputs(
-            self, x.shape[0], noise_labels, class_labels, augment_labels, dtype)
+            self, x, noise_labels, class_labels, augment_labels)
         emb = self.map_noise(noise_labels)
         if class_labels is not None:
             emb = emb + self.map_label(class_labels * math.sqrt(self.label_dim))
