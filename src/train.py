@@ -4,6 +4,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import edmlab.cli  # noqa: F401  (resolvers used by conf/hydra, W&B offline default)
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig):
