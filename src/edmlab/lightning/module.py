@@ -24,13 +24,22 @@ class EDMModule(L.LightningModule):
     """``model``: {network, network_kwargs, preconditioning} specs (``_target_`` dicts); ``noise_distribution``,
     ``loss_weighting`` and ``augment`` likewise (augment may be None); ``optim``: lr, betas, eps, lr_rampup_kimg;
     ``ema``: halflife_kimg, rampup_ratio; ``sampler``: keyword arguments of ``edmlab.sample`` for previews;
-    ``batch_size``: the global batch (images per optimizer step over all devices)."""
+    ``batch_size``: the global batch (images per optimizer step over all devices).
+
+    Speed options: ``channels_last`` stores the UNet's 4-D weights and the images NHWC (faster convolutions with
+    tensor cores); ``compile`` compiles the raw network F in place (``nn.Module.compile``, so the state_dict keys
+    stay those of the plain network) when fitting starts. Under ``trainer.precision=bf16-mixed`` only F runs in
+    bf16: the preconditioning coefficients, D = c_skip·x + c_out·F and the loss are elementwise float32 ops,
+    which autocast leaves in float32."""
 
     def __init__(self, model: dict, noise_distribution: dict, loss_weighting: dict, augment: dict | None,
-                 optim: dict, ema: dict, sampler: dict, batch_size: int, seed: int = 0, config: dict | None = None):
+                 optim: dict, ema: dict, sampler: dict, batch_size: int, seed: int = 0, config: dict | None = None,
+                 compile: bool = False, channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_denoiser(model)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.loss_fn = DenoisingLoss(build(noise_distribution), build(loss_weighting))
         self.augment_pipe = build(augment) if augment else None
@@ -38,29 +47,47 @@ class EDMModule(L.LightningModule):
         self.seed = int(seed)
         self._bins = torch.zeros(2, len(SIGMA_BINS) + 1, dtype=torch.float64)
 
+    def setup(self, stage: str):
+        if stage == "fit" and self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.model.compile()
+            self._compiled = True
+
     @property
     def cur_nimg(self) -> int:
         return self.trainer.global_step * self.batch_size
 
     def _step_draws(self, images: torch.Tensor, batch_idx: int):
-        """σ and unit noise of this device's rows of the global batch of the current step."""
+        """σ and unit noise of this device's rows of the global batch of the current step, drawn on the images'
+        device (a GPU draws the global batch in microseconds, where a CPU draw would stall every step at scale)."""
         trainer = self.trainer
         world, rank, accum = trainer.world_size, trainer.global_rank, trainer.accumulate_grad_batches
-        b = images.shape[0]
+        b, device = images.shape[0], images.device
         if world * accum * b != self.batch_size:
             raise ValueError(f"global batch {self.batch_size} != devices {world} × accumulation {accum} × "
                              f"per-device batch {b}; set batch_size divisible by devices × batch_gpu")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.global_step)
-        sigma = self.loss_fn.noise_distribution.sample(self.batch_size, generator=g)
-        noise = torch.randn(self.batch_size, *images.shape[1:], generator=g)
-        rows = world * ((batch_idx % accum) * b + torch.arange(b)) + rank
-        torch.manual_seed((self.seed * 1_000_003 + trainer.global_step) * 4099 + rank * accum + batch_idx % accum)
-        return sigma[rows].to(images.device), noise[rows].to(images.device)
+        g = torch.Generator(device).manual_seed(self.seed * 1_000_003 + trainer.global_step)
+        sigma = self.loss_fn.noise_distribution.sample(self.batch_size, generator=g, device=device)
+        noise = torch.randn(self.batch_size, *images.shape[1:], generator=g, device=device)
+        rows = (world * ((batch_idx % accum) * b + torch.arange(b)) + rank).to(device)
+        self._seed_dropout((self.seed * 1_000_003 + trainer.global_step) * 4099 + rank * accum + batch_idx % accum,
+                           device)
+        return sigma[rows], noise[rows]
+
+    @staticmethod
+    def _seed_dropout(seed: int, device: torch.device):
+        """Seed the generator that dropout and augmentation use on ``device`` (torch.manual_seed would also queue
+        a seeding of every other backend, with a stack trace each step, when CUDA is not in use)."""
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
         labels = labels if labels.shape[-1] > 0 else None
         sigma, noise = self._step_draws(images, batch_idx)
+        if self.hparams.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
         out = self.loss_fn(self.net, images, labels, self.augment_pipe, sigma=sigma, noise=noise)
         self._accumulate_bins(out.per_image / images[0].numel(), out.sigma)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)

@@ -1,11 +1,14 @@
 """Compose → instantiate → fit: the body of ``src/train.py``, importable for tests and notebooks."""
 import json
 import math
+import os
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import AUGMENT_DIM
@@ -30,16 +33,35 @@ def check_train_config(cfg: DictConfig) -> None:
     _need(cfg.optim.lr_rampup_kimg >= 0, f"optim.lr_rampup_kimg={cfg.optim.lr_rampup_kimg} must be >= 0")
     _need(cfg.ema.halflife_kimg >= 0, f"ema.halflife_kimg={cfg.ema.halflife_kimg} must be >= 0")
     _need(cfg.sigma_data > 0, f"sigma_data={cfg.sigma_data} must be > 0")
+    for key in ("compile", "channels_last"):
+        _need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r} must be true or false")
 
 
-def world_size(trainer_cfg) -> int:
-    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
-    if isinstance(devices, int) and devices > 0:
-        return devices * nodes
-    if isinstance(devices, (list, tuple)):
-        return len(devices) * nodes
-    return (torch.cuda.device_count() or 1) * nodes if str(trainer_cfg.get("accelerator")) in ("gpu", "cuda", "auto") \
-        else nodes
+def world_size(trainer: L.Trainer) -> int:
+    """Processes of the run as Lightning resolved them (devices=-1/"auto" included): devices per node × nodes.
+    For processes created outside (torchrun, SLURM) Lightning checks this product against the launcher at fit."""
+    return trainer.num_devices * trainer.num_nodes
+
+
+def is_global_zero(trainer: L.Trainer) -> bool:
+    """Rank 0 of the whole run, known before ``fit``: the strategy's rank (torchrun, SLURM, ddp_spawn's parent),
+    and the rank in the environment for the children of Lightning's own script launcher (LOCAL_RANK, NODE_RANK)."""
+    return trainer.global_rank == 0 and rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def check_run_dir() -> None:
+    """Under torchrun every rank composes its own config, so a run dir stamped by each rank's clock would split one
+    run over several dirs: refuse it, naming the fix (a dir that all ranks compute alike)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) <= 1 \
+            or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    key = "run" if hydra_cfg.mode in (None, RunMode.RUN) else "sweep"
+    pattern = str(OmegaConf.to_container(hydra_cfg[key], resolve=False)["dir"])
+    _need("${now:" not in pattern or "TORCHELASTIC_RUN_ID" in pattern or "EDMLAB_RUN_DIR" in pattern,
+          f"hydra.{key}.dir={pattern!r} depends on the clock, so the {os.environ['WORLD_SIZE']} torchrun ranks would "
+          f"each get their own dir: add +launcher=torchrun (the dir then comes from EDMLAB_RUN_DIR or the torchrun "
+          f"run id, see docs/scaling.md) or pin hydra.{key}.dir=<dir>")
 
 
 def batch_split(batch_size: int, batch_gpu: int | None, world: int) -> tuple[int, int]:
@@ -61,14 +83,34 @@ def model_spec(cfg: DictConfig, datamodule) -> dict:
             "shape": list(datamodule.shape)}
 
 
+def instantiate_all(cfg: DictConfig, group: str) -> list:
+    """The objects of a group of named ``_target_`` nodes (callbacks, logger)."""
+    nodes = cfg.get(group) or {}
+    for name, node in nodes.items():
+        _need(node is None or "_target_" in node,
+              f"{group}.{name} has no _target_ (keys {sorted(node)}): the {group} option chosen does not define "
+              f"{name}, yet something (an experiment preset?) sets {group}.{name}.*; pick a {group} option that has "
+              f"it, or remove those keys")
+    return [hydra.utils.instantiate(node) for node in nodes.values() if node is not None]
+
+
 def build(cfg: DictConfig):
-    """(trainer, module, datamodule) of a training config; raises ConfigError/ValueError before writing anything."""
+    """(trainer, module, datamodule) of a training config; raises ConfigError/ValueError before writing anything.
+
+    The Trainer comes first so that the batch split uses the number of processes Lightning resolved
+    (devices=-1/"auto"); its ``accumulate_grad_batches`` is a plain attribute read by the loop, set here."""
     from .datamodule import EDMDataModule  # noqa: F401  (import errors surface here, not inside instantiate)
     from .module import EDMModule
 
     check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    micro, rounds = batch_split(cfg.batch_size, cfg.batch_gpu, world_size(cfg.trainer))
+    max_steps = cfg.trainer.max_steps
+    if max_steps is None or max_steps < 0:
+        max_steps = math.ceil(cfg.duration_kimg * 1000 / cfg.batch_size)
+    callbacks, loggers = instantiate_all(cfg, "callbacks"), instantiate_all(cfg, "logger")
+    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False)
+    micro, rounds = batch_split(cfg.batch_size, cfg.batch_gpu, world_size(trainer))
+    trainer.accumulate_grad_batches = rounds
     datamodule = hydra.utils.instantiate(cfg.data, batch_size=micro)
     spec = model_spec(cfg, datamodule)
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
@@ -78,24 +120,20 @@ def build(cfg: DictConfig):
                        loss_weighting=container["loss_weighting"],
                        augment=container.get("augment"),
                        optim=container["optim"], ema=container["ema"], sampler=container["sampler"],
-                       batch_size=cfg.batch_size, seed=cfg.seed, config=container)
-    max_steps = cfg.trainer.max_steps
-    if max_steps is None or max_steps < 0:
-        max_steps = math.ceil(cfg.duration_kimg * 1000 / cfg.batch_size)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=max_steps, accumulate_grad_batches=rounds,
-                                      callbacks=callbacks, logger=loggers or False)
+                       batch_size=cfg.batch_size, seed=cfg.seed, config=container,
+                       compile=bool(cfg.get("compile", False)), channels_last=bool(cfg.get("channels_last", False)))
     return trainer, module, datamodule
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train, and return the final metrics (also in <run dir>/metrics.json)."""
+    """Train, and return the final metrics (also in <run dir>/metrics.json; rank 0 only, {} on the other ranks)."""
+    check_run_dir()
     trainer, module, datamodule = build(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    if trainer.global_rank == 0:
+    zero = is_global_zero(trainer)
+    if zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics_file = output_dir / "metrics.json"
-    return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return json.loads(metrics_file.read_text()) if zero and metrics_file.is_file() else {}
