@@ -105,7 +105,7 @@ class Conv2d(torch.nn.Module):
             if w is not None:
                 x = conv2d(x, w, padding=w_pad)
         if b is not None:
-            x = x + b.reshape(1, -1, *([1] * (x.ndim - 2)))
+            x = x + b.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
         return x
 
 
