@@ -48,7 +48,16 @@ def test_real_floor_beats_noise_and_blur(metric, held_out):
     assert noisy.precision < 0.3
     assert floor.class_kl < 0.05 < noisy.class_kl
     assert sum(floor.class_histogram) == pytest.approx(1.0)
-    assert set(floor.scalars()) == {"fd", "precision", "recall", "class_kl", "class_entropy"}
+    assert set(floor.scalars()) == {"fd", "precision", "recall", "class_kl", "class_entropy", "nn_distance"}
+
+
+def test_nn_distance_exposes_copies_of_the_training_set(metric, held_out):
+    train = digits_arrays("train")[0]
+    copies = metric(train[: len(held_out)])
+    assert copies.nn_distance == 0.0
+    floor = metric.real_floor()
+    assert floor.nn_distance > 1.0
+    assert copies.fd < floor.fd
 
 
 def test_training_is_deterministic(metric, cache_dir, tmp_path):

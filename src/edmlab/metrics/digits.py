@@ -9,6 +9,9 @@ Inception-v3 does not see 8×8 one-channel digits meaningfully, so a CNN trained
   Σ p log(10·p) and the entropy −Σ p log p (log 10 ≈ 2.303 for perfect balance); catches mode dropping.
 - ``precision`` / ``recall``: improved precision and recall (Kynkäänniemi et al. 2019, Eq. 1–2) with k = 3
   nearest-neighbour balls around each real (precision) or generated (recall) feature vector.
+- ``nn_distance``: the median pixel-space L2 distance from each image to its nearest training image. Held-out real
+  digits give the generalising value; a generator that copies its training set goes toward 0 (and can then score an
+  FD below the real floor, which is measured on images the model never saw).
 
 :meth:`DigitsMetric.real_floor` scores the 297 held-out real digits the same way: what a perfect generator
 reaches with that many samples. Precision and recall depend on the sample count, so compare generators at
@@ -195,6 +198,7 @@ class DigitsScores:
     class_kl: float
     class_entropy: float
     class_histogram: tuple[float, ...]
+    nn_distance: float
 
     def scalars(self) -> dict[str, float]:
         """The scalar scores, for loggers."""
@@ -207,7 +211,9 @@ class DigitsMetric:
     def __init__(self, cache_dir: str | os.PathLike | None = None, k: int = 3):
         self.classifier = load_digits_classifier(cache_dir)
         self.k = k
-        self.train_features = self.features(digits_arrays("train")[0])
+        train_images = digits_arrays("train")[0]
+        self.train_pixels = train_images.flatten(1)
+        self.train_features = self.features(train_images)
         self.train_mu, self.train_sigma = feature_statistics(self.train_features)
         self._floor: DigitsScores | None = None
 
@@ -249,6 +255,7 @@ class DigitsMetric:
             class_kl=kl,
             class_entropy=entropy,
             class_histogram=histogram,
+            nn_distance=torch.cdist(images.flatten(1), self.train_pixels).min(1).values.median().item(),
         )
 
     def real_floor(self) -> DigitsScores:
