@@ -7,7 +7,12 @@ Gaussian-mixture bench (``ckpt=bench:<preset>``), with any sampler; score them; 
   or ``samples.npz`` (``save=npz``).
 
 Image k uses seed ``seeds + k``: one random stream per image gives its latents, its class and its churn noise, in
-that order (NVlabs/edm generate.py), so an image does not depend on the batch it was drawn in.
+that order (NVlabs/edm generate.py), so an image does not depend on the batch it was drawn in, nor on the process.
+
+Under torchrun (WORLD_SIZE > 1, ``+launcher=torchrun``) each rank draws a contiguous share of the seeds
+(``edmlab.distributed``); rank 0 gathers the samples (and labels) in seed order, computes the metrics and writes
+every file, so the outputs are those of one process. FID needs no gathered images: the ranks all-reduce the sums
+of the Inception features and of their centred outer products; KID and IS gather the features or logits.
 
 Scores, by what the model was trained on:
 - digits: the digits-classifier Fréchet distance, precision/recall and class balance, with the real-vs-real floor;
@@ -36,6 +41,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .distributed import Ranks, env_ranks, init_process_group, mean_covariance, rank_device
 from .export import build, load
 from .images import save_grid, to_uint8
 from .mixture import GaussianMixture
@@ -145,7 +151,7 @@ def load_subject(ckpt: str, device: torch.device, class_label: int | None = None
 @dataclass
 class Drawn:
     samples: torch.Tensor  # CPU; float32 images [N, C, H, W] in [−1, 1], float64 points [N, D]
-    latents: torch.Tensor  # CPU float64, the unscaled N(0, I) draws
+    latents: torch.Tensor | None  # CPU float64, the unscaled N(0, I) draws (None: not gathered from the ranks)
     labels: torch.Tensor | None  # class index per sample, or None (unconditional)
     seeds: list
 
@@ -226,19 +232,19 @@ def dataset_scorer(subject: Subject, class_label: int | None):
 class InceptionScores:
     """FID (min over seed ranges), KID and IS of image samples, with torch-fidelity's Inception-v3."""
 
-    def __init__(self, mcfg, device):
+    def __init__(self, mcfg, device, ranks: Ranks = Ranks()):
         from .metrics.frechet import load_statistics
 
         fid = mcfg.fid
         self.weights_path, self.batch, self.method, self.device = fid.weights_path, int(fid.batch), fid.method, device
         self.ref = load_statistics(fid.ref) if fid.ref is not None else None
-        self.kid, self.isc = bool(mcfg.kid), bool(mcfg.isc)
+        self.kid, self.isc, self.ranks = bool(mcfg.kid), bool(mcfg.isc), ranks
         self.ref_features = None
         if self.active:
             from .metrics.inception import resolve_weights
 
             resolve_weights(self.weights_path)
-        if self.kid:
+        if self.kid and ranks.is_zero:
             from .metrics.inception import inception_features
             from .metrics.ref_stats import load_uint8_images
 
@@ -253,17 +259,27 @@ class InceptionScores:
         return self.ref is not None or self.kid or self.isc
 
     def __call__(self, images: torch.Tensor, first_range: bool) -> dict:
+        """The scores of this rank's ``images`` together with the other ranks' (a collective): complete on rank 0,
+        empty elsewhere."""
+        from .metrics.frechet import frechet_distance
         from .metrics.inception import (fid_from_features, inception_outputs, inception_score_from_logits,
                                         kid_from_features)
 
+        ranks = self.ranks
         out = inception_outputs(to_uint8(images), self.weights_path, self.batch, self.device)
         scores = {}
-        if self.ref is not None:
+        if self.ref is not None and ranks.world == 1:
             scores["fid"] = fid_from_features(out["pool"], self.ref, self.method)
-        if first_range and self.kid:
-            scores["kid_mean"], scores["kid_std"] = kid_from_features(out["pool"], self.ref_features)
-        if first_range and self.isc:
-            scores["is_mean"], scores["is_std"] = inception_score_from_logits(out["logits"])
+        elif self.ref is not None:
+            mu, sigma = mean_covariance(out["pool"], ranks)
+            if ranks.is_zero:
+                scores["fid"] = frechet_distance(mu, sigma, *self.ref, method=self.method)
+        pool = ranks.gather_rows(out["pool"]) if first_range and self.kid else None
+        logits = ranks.gather_rows(out["logits"]) if first_range and self.isc else None
+        if pool is not None:
+            scores["kid_mean"], scores["kid_std"] = kid_from_features(pool, self.ref_features)
+        if logits is not None:
+            scores["is_mean"], scores["is_std"] = inception_score_from_logits(logits)
         return scores
 
 
@@ -460,11 +476,14 @@ def one_thread(enabled: bool = True):
         torch.set_num_threads(threads)
 
 
-def run(cfg: DictConfig, out: Path) -> tuple[dict, Path | None]:
-    """Sample, score and save; return the metrics.json record and the samples.png path."""
+def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()) -> tuple[dict | None, Path | None]:
+    """Sample, score and save; return the metrics.json record and the samples.png path (rank 0; None, None on
+    the other ranks)."""
     check_config(cfg)
+    _need(cfg.num_samples >= ranks.world, f"num_samples={cfg.num_samples} is fewer than the {ranks.world} processes: "
+                                          f"ask for at least one sample per process")
     sampler_kwargs = OmegaConf.to_container(cfg.sampler, resolve=True)
-    subject = load_subject(str(cfg.ckpt), resolve_device(str(cfg.device)), cfg.class_label)
+    subject = load_subject(str(cfg.ckpt), device, cfg.class_label)
     if cfg.class_label is not None:
         _need(subject.label_dim > 0, f"class_label={cfg.class_label} but {cfg.ckpt} is unconditional (label_dim 0); "
                                      f"use class_label=null")
@@ -479,17 +498,35 @@ def run(cfg: DictConfig, out: Path) -> tuple[dict, Path | None]:
                          sampler_kwargs.get("sigma_max"), subject.denoiser)
     sigma_start = float(sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))[0])
     with one_thread(not subject.is_image):
-        record, drawn = measure(cfg, subject, sampler_kwargs, sigma_start)
+        record, drawn = measure(cfg, subject, sampler_kwargs, sigma_start, ranks)
+    if not ranks.is_zero:
+        return None, None
     grid = save_outputs(out, subject, drawn, str(cfg.save), int(cfg.grid_images))
     record["config"] = config_summary(cfg, sigma_min=lo, sigma_max=hi, sigma_start=sigma_start,
-                                      device=str(subject.device), model=subject.kind, label_dim=subject.label_dim)
+                                      device=str(subject.device), model=subject.kind, label_dim=subject.label_dim,
+                                      processes=ranks.world)
     return record, grid
 
 
-def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start: float) -> tuple[dict, Drawn]:
-    """Draw the samples of every seed range and score them: (record without config, samples of the first range)."""
+def gather_drawn(drawn: Drawn, ranks: Ranks, latents: bool) -> Drawn | None:
+    """Rank 0: the samples of all ranks in seed order (with the latents when ``latents``); None elsewhere."""
+    if ranks.world == 1:
+        return drawn
+    gathered = [ranks.gather_rows(x) if x is not None else None
+                for x in (drawn.samples, drawn.latents if latents else None, drawn.labels,
+                          torch.as_tensor(drawn.seeds, dtype=torch.int64))]
+    if not ranks.is_zero:
+        return None
+    samples, z, labels, seeds = gathered
+    return Drawn(samples, z, labels, seeds.tolist())
+
+
+def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start: float,
+            ranks: Ranks = Ranks()) -> tuple[dict | None, Drawn | None]:
+    """Draw the samples of every seed range, this rank's share of each, and score them: (record without config,
+    samples of the first range) on rank 0, (None, None) on the others."""
     mcfg = cfg.metrics
-    inception = InceptionScores(mcfg, subject.device) if subject.is_image else None
+    inception = InceptionScores(mcfg, subject.device, ranks) if subject.is_image else None
     n, ranges = int(cfg.num_samples), int(mcfg.fid.seed_ranges)
     clock = {"sample_sec": 0.0, "metric_sec": 0.0}
 
@@ -501,38 +538,55 @@ def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start
 
     def draw_range(r: int) -> Drawn:
         with timed("sample_sec"):
-            drawn = draw(subject.denoiser, subject.shape, range(cfg.seeds + r * n, cfg.seeds + (r + 1) * n),
-                         int(cfg.batch), sampler_kwargs, subject.device, subject.label_dim, cfg.class_label)
-        if not torch.isfinite(drawn.samples).all():
+            seeds = ranks.share(range(cfg.seeds + r * n, cfg.seeds + (r + 1) * n))
+            drawn = draw(subject.denoiser, subject.shape, seeds, int(cfg.batch), sampler_kwargs, subject.device,
+                         subject.label_dim, cfg.class_label)
+        if not ranks.all(bool(torch.isfinite(drawn.samples).all())):
             raise ValueError(f"the sampler produced NaN/inf samples ({sampler_kwargs['solver']}, num_steps="
                              f"{sampler_kwargs['num_steps']}, rho={sampler_kwargs['rho']}): try more steps, or check "
                              f"the checkpoint")
         return drawn
 
-    drawn = draw_range(0)
+    ode = subject.mixture is not None and mcfg.ode_error
+    mine = draw_range(0)
+    drawn = gather_drawn(mine, ranks, latents=ode)
     scores, extra = {}, {}
     with timed("metric_sec"):
-        if subject.mixture is not None and mcfg.ode_error:
-            if sampler_kwargs.get("S_churn", 0) > 0:
+        if ranks.is_zero:
+            if ode and sampler_kwargs.get("S_churn", 0) > 0:
                 extra["notes"] = ["mixture_ode_error skipped: S_churn > 0 makes the sampler stochastic"]
-            else:
+            elif ode:
                 scores["mixture_ode_error"] = ode_error(subject.mixture, drawn, sigma_start)
-        scorer = dataset_scorer(subject, cfg.class_label) if mcfg.dataset else None
-        if scorer is not None:
-            scores.update(scorer(drawn.samples))
-            extra["floor"] = scorer.floor
+            scorer = dataset_scorer(subject, cfg.class_label) if mcfg.dataset else None
+            if scorer is not None:
+                scores.update(scorer(drawn.samples))
+                extra["floor"] = scorer.floor
         if inception is not None and inception.active:
-            scores.update(inception(drawn.samples, first_range=True))
+            scores.update(inception(mine.samples, first_range=True))
     if inception is not None and inception.ref is not None and ranges > 1:
-        per_range = [scores["fid"]]
+        per_range = [scores.get("fid")]
         for r in range(1, ranges):
             samples = draw_range(r).samples
             with timed("metric_sec"):
-                per_range.append(inception(samples, first_range=False)["fid"])
-        scores["fid"], scores["fid_per_range"] = min(per_range), per_range
+                per_range.append(inception(samples, first_range=False).get("fid"))
+        if ranks.is_zero:
+            scores["fid"], scores["fid_per_range"] = min(per_range), per_range
+    clock["sample_sec"] = ranks.max(clock["sample_sec"])  # the ranks sample at the same time: the slowest one's
+    if not ranks.is_zero:
+        return None, None
     record = {"status": "ok", **scores, "nfe": nfe(sampler_kwargs["solver"], sampler_kwargs["num_steps"]),
               "num_samples": n, **clock, **extra}
     return record, drawn
+
+
+def check_same_run_dir(out: Path, ranks: Ranks) -> None:
+    """Every rank composed its own config; refuse to run when their job dirs differ (a clock-stamped dir)."""
+    dirs = ranks.all_values(str(out))
+    other = next((d for d in dirs if d != dirs[0]), None)
+    _need(other is None,
+          f"the {ranks.world} processes got different run dirs ({dirs[0]} on rank 0, {other} on another) because "
+          f"hydra.run.dir depends on each one's clock: add +launcher=torchrun (the dir then comes from EDMLAB_RUN_DIR "
+          f"or the torchrun run id, docs/scaling.md) or pin hydra.run.dir=<dir>")
 
 
 def evaluate(cfg: DictConfig, catch_errors: bool | None = None) -> dict:
@@ -541,15 +595,26 @@ def evaluate(cfg: DictConfig, catch_errors: bool | None = None) -> dict:
     A failing job records ``status: failed`` and its ``error`` there too. In a multirun (or with
     ``catch_errors=True``) it then returns that record instead of raising, so the sweep goes on and its
     report lists the failure; otherwise the error propagates (``src/eval.py`` turns it into exit code 2).
+    Under torchrun every rank calls it; rank 0 alone writes files and returns the record, the others return {}
+    (or the failed record: all ranks fail together).
     """
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ranks = env_ranks()
+    if ranks.is_zero:
+        out.mkdir(parents=True, exist_ok=True)
     catch = in_multirun() if catch_errors is None else catch_errors
     try:
-        record, grid = run(cfg, out)
+        device = rank_device(resolve_device(str(cfg.device)), ranks)
+        init_process_group(ranks, device)
+        check_same_run_dir(out, ranks)
+        record, grid = run(cfg, out, device, ranks)
     except Exception as e:
         message = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
         record = {"status": "failed", "error": message, "config": config_summary(cfg), **job_info()}
+        if not ranks.is_zero:
+            if not catch:
+                raise
+            return record
         write_json(out / "metrics.json", record)
         if not catch:
             raise
@@ -557,6 +622,8 @@ def evaluate(cfg: DictConfig, catch_errors: bool | None = None) -> dict:
         where = " ".join(record.get("overrides", []))
         print(f"error: job {record.get('job_num', '')} ({where}) failed: {message}", file=sys.stderr)
         return record
+    if not ranks.is_zero:
+        return {}
     record.update(job_info())
     write_json(out / "metrics.json", record)
     log_to_wandb(cfg, out, record, grid)

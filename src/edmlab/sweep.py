@@ -10,6 +10,7 @@ Failed jobs stay in the table (``status: failed`` with their error; a job direct
 counts as failed). When any job failed the report says so on stderr and ends the process with exit code 1,
 after writing everything (``exit_on_failure=false`` keeps exit code 0).
 """
+import os
 import csv
 import math
 import re
@@ -294,6 +295,8 @@ class SweepReport(Callback):
         self.wandb, self.plots, self.exit_on_failure = wandb, plots, exit_on_failure
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one report from rank 0
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
