@@ -10,9 +10,9 @@ Failed jobs stay in the table (``status: failed`` with their error; a job direct
 counts as failed). When any job failed the report says so on stderr and ends the process with exit code 1,
 after writing everything (``exit_on_failure=false`` keeps exit code 0).
 """
-import os
 import csv
 import math
+import os
 import re
 import sys
 import warnings
