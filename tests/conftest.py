@@ -43,3 +43,18 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600) -> s
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """The test machine's few cores are shared: intra-op threads then only wait on each other (tiny tensors run
+    5-25× slower with two threads than with one), in this process and in the scripts it starts (as torchrun gives
+    each of its workers one thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)

@@ -14,16 +14,7 @@ from conftest import compose, run_script
 from edmlab.evaluate import evaluate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """The test machine's few cores are shared: intra-op threads then only wait on each other (tiny tensors run
-    5-25× slower with two threads than with one), in this process and in the scripts it starts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,7 @@ from edmlab.distributed import Ranks
 from edmlab.evaluate import evaluate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread, here and in the processes started below (as
-    torchrun gives each of its workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

@@ -58,16 +58,10 @@ SCORED_DATASETS = ("DigitsDataset", "PointsDataset")
 # any sampler measured here (≥ 1e-4), at a quarter of the cost.
 ODE_REFERENCE_TOL = 1e-9
 
-# Mixtures of the bench besides ``edmlab.data.points.PRESETS``: means [K, D], per-component std, weights.
-EXTRA_BENCH_PRESETS = {
-    "bimodal1d": lambda: dict(means=[[-1.0], [1.0]], stds=0.25, weights=None),  # two 1-D modes at ±1, std 0.25
-}
-
-
 def bench_presets() -> dict:
     from .data.points import PRESETS
 
-    return {**EXTRA_BENCH_PRESETS, **PRESETS}
+    return PRESETS
 
 
 def bench_mixture(name: str) -> GaussianMixture:
