@@ -81,6 +81,9 @@ class VPSchedule(Schedule):
         """The VP schedule through σ(ε_s) = σ_min and σ(1) = σ_max (EDM's ablation sampler).
 
         β_d = 2(ln(σ_min² + 1)/ε_s − ln(σ_max² + 1))/(ε_s − 1),  β_min = ln(σ_max² + 1) − ½β_d.
+
+        For EDM's range (0.002, 80) this gives β_min < 0, so σ⁻¹(0) ≈ 5.4·10⁻⁴ rather than 0 and σ(t) is undefined on
+        (0, 5.4·10⁻⁴); the final step to t_N = 0 still lands on σ = 0, as in NVlabs/edm.
         """
         if not 0 < epsilon_s < 1:
             raise ValueError(f"epsilon_s must lie in (0, 1), got {epsilon_s}")
