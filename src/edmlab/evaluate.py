@@ -42,10 +42,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .distributed import Ranks, env_ranks, init_process_group, mean_covariance, rank_device
-from .export import build, load
+from .export import build, load, network_file
+from .generation import Drawn, draw
 from .images import save_grid, to_uint8
 from .mixture import GaussianMixture
-from .rng import SeedStreams
 from .sampling import sample, sigma_range, sigma_steps, time_steps
 from .solvers import nfe
 
@@ -99,15 +99,6 @@ class Subject:
         return len(self.shape) == 3
 
 
-def network_file(path: Path) -> Path:
-    """The file ``edmlab.load`` reads for ``path`` (a run directory, network.pt or a checkpoint)."""
-    if path.is_dir():
-        for candidate in (path / "network.pt", path / "checkpoints" / "last.ckpt"):
-            if candidate.is_file():
-                return candidate
-    return path
-
-
 def training_config(path: str | Path) -> dict | None:
     """The resolved training config stored with a network file or a Lightning checkpoint of src/train.py."""
     path = network_file(Path(path))
@@ -142,34 +133,6 @@ def load_subject(ckpt: str, device: torch.device, class_label: int | None = None
 # ------------------------------------------------------------------------------------------------ sampling
 
 
-@dataclass
-class Drawn:
-    samples: torch.Tensor  # CPU; float32 images [N, C, H, W] in [−1, 1], float64 points [N, D]
-    latents: torch.Tensor | None  # CPU float64, the unscaled N(0, I) draws (None: not gathered from the ranks)
-    labels: torch.Tensor | None  # class index per sample, or None (unconditional)
-    seeds: list
-
-
-def draw(denoiser, shape, seeds, batch: int, sampler_kwargs: dict, device, label_dim: int = 0,
-         class_label: int | None = None) -> Drawn:
-    """Samples for ``seeds``, ``batch`` at a time; per seed one stream gives the latents, then the class
-    (a random one, replaced by ``class_label`` when given, as EDM), then the churn noise."""
-    seeds = list(seeds)
-    samples, latents, labels = [], [], []
-    for start in range(0, len(seeds), batch):
-        streams = SeedStreams(seeds[start : start + batch], device=device)
-        z = streams.randn(shape)
-        onehot = None
-        if label_dim:
-            index = streams.randint(label_dim, [1])[:, 0]
-            if class_label is not None:
-                index = torch.full_like(index, class_label)
-            onehot = torch.eye(label_dim, device=device)[index]
-            labels.append(index.cpu())
-        x = sample(denoiser, z.to(torch.float64), generator=streams, class_labels=onehot, **sampler_kwargs)
-        samples.append(x.to(torch.float32 if len(shape) == 3 else torch.float64).cpu())
-        latents.append(z.to(torch.float64).cpu())
-    return Drawn(torch.cat(samples), torch.cat(latents), torch.cat(labels) if labels else None, seeds)
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -58,16 +58,21 @@ def _read(path: Path) -> tuple[dict, dict]:
                      f"(no 'format': {FORMAT!r} and no 'edmlab' entry); for NVlabs/edm pickles use their loader")
 
 
+def network_file(path: str | Path) -> Path:
+    """The file a run is loaded from: ``path`` itself, or a run directory's network.pt, else checkpoints/last.ckpt."""
+    path = Path(path)
+    if path.is_dir():
+        found = next((c for c in (path / "network.pt", path / "checkpoints" / "last.ckpt") if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds neither network.pt nor checkpoints/last.ckpt")
+        return found
+    return path
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The trained denoiser ``D(x, sigma, class_labels=None)`` (EMA weights, eval mode) of a network file or checkpoint;
     it carries ``sigma_min``, ``sigma_max``, ``round_sigma``, ``label_dim`` and ``model_spec`` for ``edmlab.sample``."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / "network.pt", path / "checkpoints" / "last.ckpt"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(f"{path} holds neither network.pt nor checkpoints/last.ckpt")
-        path = found
+    path = network_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}; pass the network.pt or checkpoints/last.ckpt of a run")
     model_spec, state = _read(path)

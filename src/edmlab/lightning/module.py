@@ -12,9 +12,8 @@ import lightning as L
 import torch
 
 from ..export import build, build_denoiser
+from ..generation import draw
 from ..loss import DenoisingLoss
-from ..sampling import sample
-from ..rng import SeedStreams
 from .ema import ema_beta, ema_update
 
 SIGMA_BINS = torch.logspace(math.log10(0.002), math.log10(80.0), 9)
@@ -144,14 +143,8 @@ class EDMModule(L.LightningModule):
 
     @torch.no_grad()
     def generate(self, seeds, use_ema: bool = True, **overrides) -> torch.Tensor:
-        """Images for a list of seeds (one stream per image, as NVlabs/edm's generate.py), in [−1, 1]."""
+        """Samples for a list of seeds (one stream per sample, as NVlabs/edm's generate.py), on the CPU."""
         denoiser = self.ema if use_ema else self.net
-        streams = SeedStreams(seeds, device=self.device)
-        shape = tuple(self.hparams.model.get("shape") or ())
-        latents = streams.randn(shape)
-        labels = None
-        label_dim = getattr(denoiser, "label_dim", 0)
-        if label_dim:
-            labels = torch.eye(label_dim, device=self.device)[streams.randint(label_dim, [1])[:, 0]]
-        kwargs = {**self.hparams.sampler, **overrides}
-        return sample(denoiser, latents, generator=streams, class_labels=labels, **kwargs)
+        return draw(denoiser, tuple(self.hparams.model.get("shape") or ()), seeds, batch=len(list(seeds)),
+                    sampler_kwargs={**self.hparams.sampler, **overrides}, device=self.device,
+                    label_dim=getattr(denoiser, "label_dim", 0)).samples
