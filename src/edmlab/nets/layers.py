@@ -287,6 +287,17 @@ def conditioning_inputs(module: torch.nn.Module, x: torch.Tensor, noise_labels, 
     return noise_labels, class_labels, augment_labels
 
 
+def song_embedding(module: torch.nn.Module, noise_labels, class_labels, augment_labels) -> torch.Tensor:
+    """SongUNet's conditioning (also the MLP's): map_noise(c_noise) + map_label(√label_dim·y) + map_augment(a),
+    then two SiLU layers (map_layer0, map_layer1)."""
+    emb = module.map_noise(noise_labels)
+    if class_labels is not None:
+        emb = emb + module.map_label(class_labels * math.sqrt(module.label_dim))
+    if augment_labels is not None:
+        emb = emb + module.map_augment(augment_labels)
+    return silu(module.map_layer1(silu(module.map_layer0(emb))))
+
+
 def embedding_dtype(x: torch.Tensor) -> torch.dtype:
     """The conditioning path runs in fp32 (fp64 when the input is fp64), whatever the input precision."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -4,12 +4,11 @@ emb = SiLU(L1(SiLU(L0(e(c_noise) + W_label·(√label_dim·y) + W_aug·a)))), e 
 h = L_in(x); ``depth`` residual blocks h ← h + L_b(dropout(SiLU(L_a(SiLU(LN(h))) + A·emb)));
 F = L_out(SiLU(LN(h))) with L_out scaled by 1e-5 at init (output ≈ 0, as SongUNet's last conv).
 """
-import math
 
 import torch
 from torch.nn.functional import dropout, silu
 
-from edmlab.nets.layers import GroupNorm, Linear, conditioning_inputs, noise_embedding
+from edmlab.nets.layers import GroupNorm, Linear, conditioning_inputs, noise_embedding, song_embedding
 
 INIT = dict(init_mode="xavier_uniform")
 INIT_ZERO = dict(init_mode="xavier_uniform", init_weight=1e-5)
@@ -78,12 +77,7 @@ class MLP(torch.nn.Module):
             raise ValueError(f"MLP: x must have shape [N, {self.dim}], got {tuple(x.shape)}")
         noise_labels, class_labels, augment_labels = conditioning_inputs(
             self, x, noise_labels, class_labels, augment_labels)
-        emb = self.map_noise(noise_labels)
-        if class_labels is not None:
-            emb = emb + self.map_label(class_labels * math.sqrt(self.label_dim))
-        if augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels)
-        emb = silu(self.map_layer1(silu(self.map_layer0(emb))))
+        emb = song_embedding(self, noise_labels, class_labels, augment_labels)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

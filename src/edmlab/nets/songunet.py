@@ -16,7 +16,7 @@ from torch.nn.functional import silu
 
 from edmlab.nets.layers import (
     Conv2d, GroupNorm, Linear, UNetBlock, check_image_input, check_unet_args, conditioning_inputs,
-    noise_embedding,
+    noise_embedding, song_embedding,
 )
 
 ENCODERS = ("standard", "skip", "residual")
@@ -138,12 +138,7 @@ class SongUNet(torch.nn.Module):
         check_image_input(self, x)
         noise_labels, class_labels, augment_labels = conditioning_inputs(
             self, x, noise_labels, class_labels, augment_labels)
-        emb = self.map_noise(noise_labels)
-        if class_labels is not None:
-            emb = emb + self.map_label(class_labels * math.sqrt(self.label_dim))
-        if augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels)
-        emb = silu(self.map_layer1(silu(self.map_layer0(emb))))
+        emb = song_embedding(self, noise_labels, class_labels, augment_labels)
 
         skips = []
         aux = x
