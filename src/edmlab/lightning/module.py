@@ -44,7 +44,9 @@ class EDMModule(L.LightningModule):
         self.augment_pipe = build(augment) if augment else None
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self._bins = torch.zeros(2, len(SIGMA_BINS) + 1, dtype=torch.float64)
+        # Σ loss and count per σ bin since the last log, kept on the training device (no host sync per step).
+        self.register_buffer("_bins", torch.zeros(2, len(SIGMA_BINS) + 1), persistent=False)
+        self.register_buffer("_bin_edges", SIGMA_BINS.clone(), persistent=False)
 
     def setup(self, stage: str):
         if stage == "fit" and self.hparams.compile and not getattr(self, "_compiled", False):
@@ -93,17 +95,20 @@ class EDMModule(L.LightningModule):
         return out.loss
 
     def _accumulate_bins(self, per_pixel_loss, sigma):
-        index = torch.bucketize(sigma.detach().cpu(), SIGMA_BINS)
-        self._bins[0].index_add_(0, index, per_pixel_loss.detach().cpu().double())
-        self._bins[1].index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        index = torch.bucketize(sigma.detach(), self._bin_edges)
+        self._bins[0].index_add_(0, index, per_pixel_loss.detach().float())
+        self._bins[1].index_add_(0, index, torch.ones_like(per_pixel_loss, dtype=torch.float32))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0 and self._bins[1].sum() > 0:
-            edges = [0.0] + SIGMA_BINS.tolist() + [math.inf]
-            stats = {f"loss_per_sigma/{edges[k]:.3g}-{edges[k + 1]:.3g}": self._bins[0, k] / self._bins[1, k]
-                     for k in range(len(edges) - 1) if self._bins[1, k] > 0}
-            self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False)
-            self._bins.zero_()
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1):
+            return
+        sums, counts = self._bins.tolist()
+        edges = [0.0] + SIGMA_BINS.tolist() + [math.inf]
+        stats = {f"loss_per_sigma/{edges[k]:.3g}-{edges[k + 1]:.3g}": sums[k] / counts[k]
+                 for k in range(len(edges) - 1) if counts[k] > 0}
+        if stats:
+            self.log_dict(stats, on_step=True, on_epoch=False)
+        self._bins.zero_()
 
     def configure_optimizers(self):
         o = self.hparams.optim
