@@ -42,7 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .distributed import Ranks, env_ranks, init_process_group, mean_covariance, rank_device
-from .export import build, load, network_file
+from .export import build, load
 from .generation import Drawn, draw
 from .images import save_grid, to_uint8
 from .mixture import GaussianMixture
@@ -99,17 +99,6 @@ class Subject:
         return len(self.shape) == 3
 
 
-def training_config(path: str | Path) -> dict | None:
-    """The resolved training config stored with a network file or a Lightning checkpoint of src/train.py."""
-    path = network_file(Path(path))
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    config = blob.get("config") if "format" in blob else blob.get("edmlab", {}).get("config")
-    return config if isinstance(config, dict) else None
-
-
 def training_dataset(config: dict | None):
     """The training data set, rebuilt when a data-set metric exists for it (digits, mixture points), else None."""
     spec = ((config or {}).get("data") or {}).get("dataset")
@@ -124,7 +113,7 @@ def load_subject(ckpt: str, device: torch.device, class_label: int | None = None
         label_dim = mixture.num_components if class_label is not None else 0
         return Subject(mixture, (mixture.dim,), label_dim, torch.device("cpu"), ckpt, mixture=mixture)
     denoiser = load(ckpt, device)
-    dataset = training_dataset(training_config(ckpt))
+    dataset = training_dataset(denoiser.training_config)
     kind = type(dataset).__name__ if dataset is not None else "network"
     return Subject(denoiser, tuple(denoiser.model_spec["shape"]), int(getattr(denoiser, "label_dim", 0)), device,
                    kind, dataset, getattr(dataset, "mixture", None))

@@ -42,18 +42,19 @@ def save_network(path: str | Path, denoiser: torch.nn.Module, model_spec: dict, 
     return path
 
 
-def _read(path: Path) -> tuple[dict, dict]:
+def _read(path: Path) -> tuple[dict, dict, dict | None]:
+    """(model spec, denoiser state_dict, resolved training config) of a network file or a training checkpoint."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ValueError(f"cannot read {path}: {e}. Expected an edmlab network file (network.pt) or a Lightning "
                          f"checkpoint (checkpoints/last.ckpt) written by src/train.py") from e
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
-        return blob["model"], blob["state_dict"]
+        return blob["model"], blob["state_dict"], blob.get("config")
     if isinstance(blob, dict) and "edmlab" in blob:
         prefix = "ema."
         state = {k[len(prefix):]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
-        return blob["edmlab"]["model"], state
+        return blob["edmlab"]["model"], state, blob["edmlab"].get("config")
     raise ValueError(f"{path} is not an edmlab network file or an edmlab training checkpoint "
                      f"(no 'format': {FORMAT!r} and no 'edmlab' entry); for NVlabs/edm pickles use their loader")
 
@@ -71,15 +72,17 @@ def network_file(path: str | Path) -> Path:
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The trained denoiser ``D(x, sigma, class_labels=None)`` (EMA weights, eval mode) of a network file or checkpoint;
-    it carries ``sigma_min``, ``sigma_max``, ``round_sigma``, ``label_dim`` and ``model_spec`` for ``edmlab.sample``."""
+    it carries ``sigma_min``, ``sigma_max``, ``round_sigma``, ``label_dim`` and ``model_spec`` for ``edmlab.sample``,
+    and ``training_config`` (the resolved config of the run that trained it, or None)."""
     path = network_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}; pass the network.pt or checkpoints/last.ckpt of a run")
-    model_spec, state = _read(path)
+    model_spec, state, config = _read(path)
     denoiser = build_denoiser(model_spec)
     missing, unexpected = denoiser.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: its weights do not fit the architecture it describes "
                          f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
     denoiser.model_spec = model_spec
+    denoiser.training_config = config if isinstance(config, dict) else None
     return denoiser.eval().requires_grad_(False).to(device)
