@@ -40,6 +40,20 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600) -> s
                           text=True, timeout=timeout)
 
 
+def with_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` with each ``key=value`` of ``extra`` replacing the same key (Hydra refuses a group given twice)."""
+    keys = {o.split("=", 1)[0] for o in extra}
+    return [o for o in base if o.split("=", 1)[0] not in keys] + list(extra)
+
+
+def train_tiny_run(cwd: Path, *overrides: str) -> Path:
+    """A tiny digits run trained by the real entry point from ``cwd``: its run directory."""
+    args = with_overrides(TINY, ["logger=none", f"hydra.run.dir={cwd / 'run'}", *overrides])
+    result = run_script("train.py", args, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd / "run"
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

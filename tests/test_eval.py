@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose, run_script
+from conftest import compose, run_script, train_tiny_run
 
 from edmlab.evaluate import evaluate
 
@@ -20,15 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A tiny digits network trained for 4 steps by the real entry point (its run directory)."""
-    cwd = tmp_path_factory.mktemp("train")
-    args = ["network.model_channels=16", "network.channel_mult=[1,2]", "batch_size=32", "duration_kimg=0.128",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "callbacks.final_report.num_samples=8", "callbacks.sample_grid.every_n_steps=0", "logger=none",
-            "sampler.num_steps=4"]
-    result = run_script("train.py", args, cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = list((cwd / "outputs" / "train").iterdir())
-    return run
+    return train_tiny_run(tmp_path_factory.mktemp("train"), "duration_kimg=0.128", "callbacks.final_report.num_samples=8",
+                          "sampler.num_steps=4")
 
 
 def eval_job(tmp_path: Path, overrides: list[str], name: str = "job") -> dict:

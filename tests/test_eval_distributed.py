@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose, run_script
+from conftest import ROOT, compose, run_script, train_tiny_run
 
 from edmlab.distributed import Ranks
 from edmlab.evaluate import evaluate
@@ -24,14 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 @pytest.fixture(scope="module")
 def digits_cond(tmp_path_factory):
     """A tiny class-conditional digits network trained for 2 steps by the real entry point (its run dir)."""
-    cwd = tmp_path_factory.mktemp("train")
-    args = ["network.model_channels=8", "network.channel_mult=[1,2]", "batch_size=32", "duration_kimg=0.064",
-            "data.cond=true", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", "callbacks.final_report.num_samples=4",
-            "callbacks.sample_grid.every_n_steps=0", "logger=none", "sampler.num_steps=2", f"hydra.run.dir={cwd / 'run'}"]
-    result = run_script("train.py", args, cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cwd / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("train"), "network.model_channels=8", "duration_kimg=0.064",
+                          "data.cond=true", "callbacks.final_report.num_samples=4", "sampler.num_steps=2")
 
 
 def torchrun(args: list[str], cwd: Path, run_dir: Path | None) -> subprocess.CompletedProcess:
