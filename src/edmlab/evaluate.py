@@ -276,7 +276,7 @@ def resolve_device(name: str) -> torch.device:
 
 def grid_kwargs(sampler_kwargs: dict, denoiser) -> dict:
     """The arguments of ``time_steps`` among the sampler's."""
-    names = set(inspect.signature(time_steps).parameters) - {"num_steps", "flow", "denoiser"}
+    names = set(inspect.signature(time_steps).parameters) - {"num_steps", "denoiser"}
     return {k: v for k, v in sampler_kwargs.items() if k in names} | {"denoiser": denoiser}
 
 

@@ -62,28 +62,37 @@ def _validate(num_steps, rho, alpha, S_churn, S_noise):
         raise ValueError(f"S_noise must be >= 0, got S_noise={S_noise}")
 
 
-def time_steps(num_steps: int = 18, *, discretization: str = "edm", schedule: str = "linear",
-               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-               epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
-               denoiser=None, flow: ProbabilityFlow | None = None) -> torch.Tensor:
-    """The N + 1 times t_0 > … > t_{N−1} > t_N = 0 a sampler visits: t_i = σ⁻¹(round_sigma(σ_i)) for the
-    discretization's σ_i, then 0 (float64)."""
-    _validate(num_steps, rho, 1.0, 0.0, 1.0)
+def _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
+          denoiser) -> tuple[ProbabilityFlow, torch.Tensor]:
+    """The ODE and the N + 1 times t_0 > … > t_{N−1} > t_N = 0 a sampler visits: t_i = σ⁻¹(round_sigma(σ_i)) for
+    the discretization's σ_i, then 0 (float64)."""
     lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser)
-    flow = flow or make_flow(schedule, "none", lo, hi, epsilon_s)
+    flow = make_flow(schedule, scaling, lo, hi, epsilon_s)
     sigmas = discretize(discretization, num_steps, lo, hi, rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
     round_sigma = getattr(denoiser, "round_sigma", _identity)
     t = flow.schedule.sigma_inv(torch.as_tensor(round_sigma(sigmas), dtype=torch.float64))
-    return torch.cat([t, t.new_zeros(1)])
+    return flow, torch.cat([t, t.new_zeros(1)])
 
 
-def sigma_steps(num_steps: int = 18, **kwargs) -> torch.Tensor:
+def time_steps(num_steps: int = 18, *, discretization: str = "edm", schedule: str = "linear",
+               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+               epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
+               denoiser=None) -> torch.Tensor:
+    """The N + 1 times t_0 > … > t_N = 0 that ``sample`` visits with the same arguments (float64)."""
+    _validate(num_steps, rho, 1.0, 0.0, 1.0)
+    return _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
+                 denoiser)[1]
+
+
+def sigma_steps(num_steps: int = 18, *, discretization: str = "edm", schedule: str = "linear",
+                sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+                epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
+                denoiser=None) -> torch.Tensor:
     """σ(t_i) of ``time_steps`` (same arguments): e.g. the 18-step EDM grid 80, 57.59, …, 0.002, 0."""
-    schedule = kwargs.get("schedule", "linear")
-    lo, hi = sigma_range(kwargs.get("discretization", "edm"), kwargs.get("sigma_min"), kwargs.get("sigma_max"),
-                         kwargs.get("denoiser"))
-    flow = make_flow(schedule, "none", lo, hi, kwargs.get("epsilon_s", 1e-3))
-    return flow.schedule.sigma(time_steps(num_steps, flow=flow, **kwargs))
+    _validate(num_steps, rho, 1.0, 0.0, 1.0)
+    flow, t = _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
+                    denoiser)
+    return flow.schedule.sigma(t)
 
 
 def sample(denoiser, latents: torch.Tensor, *, solver: str = "heun", discretization: str = "edm",
@@ -105,10 +114,8 @@ def sample(denoiser, latents: torch.Tensor, *, solver: str = "heun", discretizat
         raise TypeError(f"latents must be a float32 or float64 tensor, got {got}")
     solve = SOLVERS.get(_choose("solver", solver, SOLVERS))
     _validate(num_steps, rho, alpha, S_churn, S_noise)
-    lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser)
-    flow = make_flow(schedule, scaling, lo, hi, epsilon_s)
-    t_steps = time_steps(num_steps, discretization=discretization, sigma_min=lo, sigma_max=hi, rho=rho,
-                         epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M, denoiser=denoiser, flow=flow)
+    flow, t_steps = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2,
+                          M, denoiser)
     start = flow.at(float(t_steps[0]))
     x = latents.to(torch.float64) * (start.sigma * start.s)
     with torch.no_grad():
