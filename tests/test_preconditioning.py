@@ -137,3 +137,72 @@ def test_loss_of_the_ideal_denoiser_is_its_posterior_variance():
         lambda x, sg, **_: gm(x.double(), sg).float(), images, generator=torch.Generator().manual_seed(1))
     expected = dim * sigma**2 * s**2 / (sigma**2 + s**2) / sigma**2
     assert float(out.loss) == pytest.approx(expected, rel=0.02)
+
+
+# --- iDDPM as NVlabs/edm builds it: 2·C output channels and the u grid in the state ----------------------
+
+TOY_SONG = {"_target_": "edmlab.nets.SongUNet", "_partial_": True, "model_channels": 8, "channel_mult": [1, 2],
+            "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+TOY_DATA = dict(img_resolution=8, in_channels=2, out_channels=2, label_dim=0, augment_dim=0)
+
+
+def iddpm_denoiser():
+    from edmlab.export import build_denoiser
+    return build_denoiser({"network": TOY_SONG, "network_kwargs": TOY_DATA,
+                           "preconditioning": {"_target_": "edmlab.iDDPMPrecond"}})
+
+
+def float32_iddpm_grid(C_1=0.001, C_2=0.008, M=1000):
+    """u_{j−1} = √((u_j² + 1)/max(ᾱ(j−1)/ᾱ(j), C_1) − 1), ᾱ(j) = sin²(½πj/(M(C_2+1))) (EDM Appendix C.3.4),
+    every operation in float32, as NVlabs/edm's iDDPMPrecond computes it."""
+    u = torch.zeros(M + 1)
+    for j in range(M, 0, -1):
+        ratio = torch.sin(torch.tensor(0.5 * math.pi * (j - 1) / M / (C_2 + 1))) ** 2 \
+            / torch.sin(torch.tensor(0.5 * math.pi * j / M / (C_2 + 1))) ** 2
+        u[j - 1] = ((u[j] ** 2 + 1) / ratio.clamp(min=C_1) - 1).sqrt()
+    return u
+
+
+def test_iddpm_network_has_twice_the_channels_and_D_reads_the_first_half():
+    torch.manual_seed(0)
+    D = iddpm_denoiser().eval()
+    assert (D.model.in_channels, D.model.out_channels) == (2, 4)
+    with torch.no_grad():
+        D.model.dec["8x8_aux_conv"].weight.normal_()  # a non-trivial output: the zero-ish init would hide a mix-up
+        x, sigma = torch.randn(3, 2, 8, 8), torch.tensor([0.05, 1.0, 30.0])
+        u = D.u.double()
+        j = (sigma.double()[:, None] - u[None]).abs().argmin(1)
+        F = D.model(x / (sigma**2 + 1).sqrt().reshape(-1, 1, 1, 1), (999 - j).float())
+        assert F.shape == (3, 4, 8, 8) and not torch.allclose(F[:, :2], F[:, 2:])
+        torch.testing.assert_close(D(x, sigma), x - sigma.reshape(-1, 1, 1, 1) * F[:, :2], rtol=2e-5, atol=1e-5)
+
+
+def test_iddpm_refuses_a_network_with_C_output_channels():
+    net = edmlab.nets.SongUNet(**TOY_DATA, **{k: v for k, v in TOY_SONG.items() if not k.startswith("_")})
+    with pytest.raises(ValueError, match=r"iDDPMPrecond needs a network with 2× output channels .* got in_channels=2, "
+                                         r"out_channels=2; build it with out_channels=4"):
+        edmlab.iDDPMPrecond(net)
+
+
+def test_iddpm_grid_is_state_and_a_loaded_grid_wins():
+    D = iddpm_denoiser()
+    assert "u" in D.state_dict() and D.state_dict()["u"].shape == (1001,)
+    nvlabs_u = float32_iddpm_grid()
+    gap = ((nvlabs_u.double() - edmlab.iddpm_grid()).abs() / edmlab.iddpm_grid().clamp(min=1e-30)).max()
+    assert 1e-4 < gap < 1e-3  # the float32 grid is measurably not the exact one
+    D.load_state_dict({**D.state_dict(), "u": nvlabs_u}, strict=True)
+    assert torch.equal(D.u, nvlabs_u)
+    assert (D.sigma_min, D.sigma_max) == (float(nvlabs_u[999]), float(nvlabs_u[0]))
+    probe = nvlabs_u[[3, 400, 998]] * (1 + 1e-5)
+    assert torch.equal(D.round_sigma(probe), nvlabs_u[[3, 400, 998]])
+
+
+def test_iddpm_network_file_round_trip_keeps_the_grid(tmp_path):
+    D = iddpm_denoiser()
+    D.load_state_dict({**D.state_dict(), "u": float32_iddpm_grid()})
+    spec = {"network": TOY_SONG, "network_kwargs": TOY_DATA, "preconditioning": {"_target_": "edmlab.iDDPMPrecond"},
+            "shape": [2, 8, 8]}
+    loaded = edmlab.load(edmlab.save_network(tmp_path / "network.pt", D, spec))
+    assert torch.equal(loaded.u, float32_iddpm_grid())
+    for key, value in D.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

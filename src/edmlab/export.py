@@ -12,19 +12,31 @@ import torch
 FORMAT = "edmlab-network-v1"
 
 
+def resolve(target: str):
+    """The object named by a dotted ``_target_`` path."""
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def build(spec: dict, **extra):
     """Instantiate a ``{'_target_': 'pkg.Class', **kwargs}`` spec (what Hydra's instantiate does for a flat spec)."""
     spec = dict(spec)
     target = spec.pop("_target_")
     spec.pop("_partial_", None)
-    module, _, name = target.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**spec, **extra)
+    return resolve(target)(**spec, **extra)
 
 
 def build_denoiser(model_spec: dict) -> torch.nn.Module:
-    """The preconditioned network D(x; σ) of a model spec {network, network_kwargs, preconditioning}."""
+    """The preconditioned network D(x; σ) of a model spec {network, network_kwargs, preconditioning}.
+
+    ``network_kwargs`` describe the data; a network with ``out_channels`` gets the preconditioning's
+    ``out_channels_factor`` times the data's channels (iDDPM: 2, as NVlabs/edm)."""
+    kwargs = dict(model_spec["network_kwargs"])
+    if "out_channels" in kwargs:
+        precond = resolve(model_spec["preconditioning"]["_target_"])
+        kwargs["out_channels"] *= getattr(precond, "out_channels_factor", 1)
     try:
-        net = build(model_spec["network"], **model_spec["network_kwargs"])
+        net = build(model_spec["network"], **kwargs)
     except TypeError as e:
         raise ValueError(f"network {model_spec['network'].get('_target_')} does not fit the data "
                          f"({model_spec['network_kwargs']}): {e}. Use a UNet (network=digits_small/ddpmpp/ncsnpp/adm) "

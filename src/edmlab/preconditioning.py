@@ -19,6 +19,7 @@ class Precond(nn.Module):
 
     sigma_min = 0.0
     sigma_max = math.inf
+    out_channels_factor = 1  # F's output channels per image channel (iDDPM: 2; D reads the first C)
 
     def __init__(self, model: nn.Module, label_dim: int | None = None):
         super().__init__()
@@ -76,14 +77,32 @@ class VEPrecond(Precond):
 
 class iDDPMPrecond(Precond):
     """Improved DDPM (Nichol & Dhariwal 2021): c_skip = 1, c_out = −σ, c_in = 1/√(σ² + 1),
-    c_noise = M − 1 − argmin_j |u_j − σ|; σ snaps to the nearest u_j, supported from u_{M−1} to u_0."""
+    c_noise = M − 1 − argmin_j |u_j − σ|; σ snaps to the nearest u_j, supported from u_{M−1} to u_0.
+
+    As in NVlabs/edm, F has 2·C output channels (iDDPM's learned variance) of which D reads the first C, and the
+    grid u is part of the state: a loaded grid (NVlabs builds it in float32, up to 5e-4 from the exact values)
+    replaces the one computed here, and ``sigma_min``/``sigma_max`` follow it.
+    """
+
+    out_channels_factor = 2
 
     def __init__(self, model, C_1=0.001, C_2=0.008, M=1000, label_dim=None):
         super().__init__(model, label_dim)
+        channels = getattr(model, "in_channels", None), getattr(model, "out_channels", None)
+        if None not in channels and channels[1] != 2 * channels[0]:
+            raise ValueError(f"iDDPMPrecond needs a network with 2× output channels (learned variance, as NVlabs/edm): "
+                             f"got in_channels={channels[0]}, out_channels={channels[1]}; build it with "
+                             f"out_channels={2 * channels[0]} (edmlab.export.build_denoiser does)")
         self.C_1, self.C_2, self.M = C_1, C_2, M
-        u = iddpm_grid(C_1, C_2, M)
-        self.sigma_min, self.sigma_max = float(u[M - 1]), float(u[0])
-        self.register_buffer("u", u.to(torch.float32), persistent=False)
+        self.register_buffer("u", iddpm_grid(C_1, C_2, M).to(torch.float32))
+
+    @property
+    def sigma_min(self):
+        return float(self.u[self.M - 1])
+
+    @property
+    def sigma_max(self):
+        return float(self.u[0])
 
     def _nearest(self, sigma):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.u.device)
