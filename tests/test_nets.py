@@ -24,7 +24,8 @@ def n_params(net: torch.nn.Module) -> int:
 
 
 # Exact counts of NVlabs/edm's training/networks.py for the published configurations (EDM README / train.py);
-# rounded, they are the 55.73M / 55.74M / 56.40M / 61.81M / 62.76M / 295.90M of the EDM runs.
+# rounded, they are the 55.73M / 55.74M / 56.40M / 61.81M / 62.76M / 295.90M of the EDM runs. Reproduced from their
+# code by benchmarks/nvlabs_reference_outputs.py --edm <NVlabs/edm checkout>.
 PUBLISHED = [
     ("ddpmpp", dict(img_resolution=32, label_dim=0), {}, 55_733_891, 55.73),
     ("ddpmpp", dict(img_resolution=32, label_dim=10), {}, 55_735_299, 55.74),
@@ -66,6 +67,9 @@ def test_network_configs_hold_only_architecture_keywords(name):
 # NVlabs/edm's own outputs for small nets whose state-dict entries (sorted by name, the k-th of them) are set to
 # 0.3·sin(0.37·i + k) over their flat index i: mean, std, out[0,0,0,:3] and out[1,2,-1,-3:]. Equal outputs mean
 # equal computations and equal state-dict names and shapes, so NVlabs/edm checkpoints load into these classes.
+# Produced, and reproducible, with NVlabs/edm's training/networks.py by
+#   python benchmarks/nvlabs_reference_outputs.py --edm <NVlabs/edm checkout>
+# which builds their nets for NVLABS_OUTPUTS and PUBLISHED (parameter counts) and prints both against these values.
 SMALL_16 = dict(img_resolution=16, in_channels=3, out_channels=3, label_dim=10, augment_dim=9, model_channels=32,
                 channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
 NVLABS_OUTPUTS = {
@@ -80,16 +84,22 @@ NVLABS_OUTPUTS = {
 }
 
 
-@pytest.mark.parametrize("name", NVLABS_OUTPUTS)
-def test_outputs_equal_nvlabs_edm_on_fixed_weights(name):
-    cls, overrides, mean, std, head, tail = NVLABS_OUTPUTS[name]
-    net = cls(**{**SMALL_16, **overrides}).eval()
+def fixed_weights_output(net: torch.nn.Module) -> torch.Tensor:
+    """The output of ``net`` (any module with SMALL_16's interface, ours or NVlabs') on the fixed weights and inputs
+    described above."""
+    net.eval()
     with torch.no_grad():
         for k, (key, t) in enumerate(sorted(net.state_dict(keep_vars=True).items())):
             if not key.endswith("resample_filter"):
                 t.copy_((0.3 * torch.sin(0.37 * torch.arange(t.numel(), dtype=torch.float64) + k)).reshape(t.shape))
         x = torch.cos(0.05 * torch.arange(2 * 3 * 16 * 16, dtype=torch.float64)).reshape(2, 3, 16, 16).float()
-        out = net(x, torch.tensor([-0.7, 0.4]), torch.eye(10)[[3, 8]], torch.linspace(-1, 1, 18).reshape(2, 9))
+        return net(x, torch.tensor([-0.7, 0.4]), torch.eye(10)[[3, 8]], torch.linspace(-1, 1, 18).reshape(2, 9))
+
+
+@pytest.mark.parametrize("name", NVLABS_OUTPUTS)
+def test_outputs_equal_nvlabs_edm_on_fixed_weights(name):
+    cls, overrides, mean, std, head, tail = NVLABS_OUTPUTS[name]
+    out = fixed_weights_output(cls(**{**SMALL_16, **overrides}))
     close = dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.mean(), torch.tensor(mean), **close)
     torch.testing.assert_close(out.std(), torch.tensor(std), **close)
