@@ -1,0 +1,191 @@
+"""Post-hoc EMA (EDM2 §3, App. C): std ↔ exponent, profile inner products, tracking, reconstruction, snapshots."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose, with_overrides
+from scipy import integrate
+
+import edmlab
+from edmlab import phema
+from edmlab.lightning.ema import PowerEMA, TraditionalEMA, ema_beta
+
+
+@pytest.mark.parametrize("std", [0.001, 0.01, 0.05, 0.1, 0.2, 0.28])
+def test_std_exponent_round_trip(std):
+    gamma = phema.std_to_exp(std)
+    assert gamma >= 0
+    assert phema.exp_to_std(gamma) == pytest.approx(std, rel=1e-12)
+
+
+def test_exponents_of_edm2_defaults():
+    """EDM2's two tracked profiles have γ ≈ 16.97 and 6.94; γ = 0 (uniform average) has σ_rel = 1/√12."""
+    assert phema.std_to_exp(0.05) == pytest.approx(16.9722, abs=1e-4)
+    assert phema.std_to_exp(0.10) == pytest.approx(6.9372, abs=1e-4)
+    assert phema.exp_to_std(0.0) == pytest.approx(1 / math.sqrt(12), rel=1e-15)
+
+
+@pytest.mark.parametrize("std", [0.0, -0.1, 0.289, 1.0])
+def test_std_outside_the_valid_range_is_refused(std):
+    with pytest.raises(ValueError, match=rf"EMA std={std} is outside \(0, 0.2887\)"):
+        phema.std_to_exp(std)
+
+
+def profile(tau, t, std):
+    """The power profile written out: (γ+1)·τ^γ / t^(γ+1) on [0, t], with γ solved numerically from σ_rel."""
+    from scipy.optimize import brentq
+
+    gamma = brentq(lambda g: math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3))) - std, 0.0, 1e6)
+    return (gamma + 1) * tau**gamma / t ** (gamma + 1) if tau <= t else 0.0
+
+
+@pytest.mark.parametrize("t_a, std_a, t_b, std_b", [(1.0, 0.05, 1.0, 0.10), (0.6, 0.05, 1.0, 0.10),
+                                                    (1.0, 0.05, 0.6, 0.10), (3.0, 0.2, 2.0, 0.01),
+                                                    (500.0, 0.1, 800.0, 0.1)])
+def test_inner_product_matches_quadrature(t_a, std_a, t_b, std_b):
+    expected, _ = integrate.quad(lambda tau: profile(tau, t_a, std_a) * profile(tau, t_b, std_b), 0, min(t_a, t_b),
+                                 epsabs=0, epsrel=1e-11, limit=200)
+    assert phema.profile_inner_product(t_a, std_a, t_b, std_b) == pytest.approx(expected, rel=1e-8)
+
+
+def test_power_ema_tracks_the_telescoped_profile():
+    """After T steps of β_k = (1 − 1/k)^(γ+1) the EMA is Σ_k θ_k·(k^(γ+1) − (k−1)^(γ+1))/T^(γ+1) exactly."""
+    net = torch.nn.Linear(3, 2).double()
+    tracker = PowerEMA(net, stds=[0.05, 0.15])
+    thetas, T, batch = [], 50, 4
+    for k in range(T):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn_like(p))
+        thetas.append([p.detach().clone() for p in net.parameters()])
+        tracker.update(k * batch, batch)
+    for std, average in zip(tracker.stds, tracker.averages):
+        g1 = phema.std_to_exp(std) + 1
+        w = [(k**g1 - (k - 1) ** g1) / T**g1 for k in range(1, T + 1)]
+        for i, p in enumerate(average.parameters()):
+            torch.testing.assert_close(p, sum(wk * th[i] for wk, th in zip(w, thetas)), rtol=1e-12, atol=1e-12)
+
+
+def test_traditional_ema_object_keeps_edm_numbers():
+    net = torch.nn.Linear(2, 2).double()
+    tracker, by_hand = TraditionalEMA(net, halflife_kimg=0.05, rampup_ratio=0.05), None
+    by_hand = [p.detach().clone() for p in net.parameters()]
+    for k in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+        beta = 0.5 ** (16 / max(min(50, k * 16 * 0.05), 1e-8))
+        assert ema_beta(16, k * 16, 0.05, 0.05) == beta
+        by_hand = [beta * e + (1 - beta) * p.detach() for e, p in zip(by_hand, net.parameters())]
+        tracker.update(k * 16, 16)
+    for a, b in zip(tracker.averages[0].parameters(), by_hand):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+def test_reconstructing_a_tracked_std_from_the_others():
+    """A profile tracked during training (σ_rel 0.07) is rebuilt from snapshots of 0.05 and 0.10 alone."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(16, 16, bias=False).double()
+    W = torch.randn(3, 16, 16, dtype=torch.float64)
+    stored, target = PowerEMA(net, stds=[0.05, 0.10]), PowerEMA(net, stds=[0.07])
+    T, batch, snapshots = 2000, 8, []
+    for k in range(T):
+        u = (k + 1) / T
+        with torch.no_grad():
+            net.weight.copy_(W[0] * math.cos(3 * u) + W[1] * u**2 + 0.3 * W[2] * math.sin(7 * u)
+                             + 0.05 * torch.randn(16, 16, dtype=torch.float64))
+        stored.update(k * batch, batch)
+        target.update(k * batch, batch)
+        if (k + 1) % (T // 16) == 0:
+            snapshots.append({"nimg": (k + 1) * batch, "stds": stored.stds,
+                              "state_dicts": [{n: v.clone() for n, v in a.state_dict().items()}
+                                              for a in stored.averages]})
+    rebuilt = phema.reconstruct(snapshots, [0.07])[0]["weight"]
+    tracked = target.averages[0].weight
+    assert ((rebuilt - tracked).norm() / tracked.norm()).item() <= 1e-3
+    x = phema.posthoc_coefficients([s["nimg"] for s in snapshots for _ in (0, 1)], [0.05, 0.10] * 16,
+                                   snapshots[-1]["nimg"], 0.07)
+    assert x.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_snapshot_is_written_atomically(tmp_path, monkeypatch):
+    """A crash inside torch.save leaves no snapshot file (and no partial one under the final name)."""
+    net = torch.nn.Linear(2, 2)
+    phema.save_snapshot(tmp_path, 1000, [0.05], [net], {"spec": 1}, None)
+    before = (tmp_path / "snapshot-000000001000.pt").read_bytes()
+
+    def broken_save(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        phema.save_snapshot(tmp_path, 2000, [0.05], [net], {"spec": 1}, None)
+    with pytest.raises(OSError, match="disk full"):
+        phema.save_snapshot(tmp_path, 1000, [0.05], [net], {"spec": 1}, None)
+    assert not (tmp_path / "snapshot-000000002000.pt").exists()
+    assert (tmp_path / "snapshot-000000001000.pt").read_bytes() == before
+
+
+def test_run_without_snapshots_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no post-hoc EMA snapshots .* train it with ema=power"):
+        phema.write_networks(tmp_path, [0.05])
+    with pytest.raises(FileNotFoundError, match="no run at"):
+        phema.load_snapshots(tmp_path / "missing")
+
+
+TINY_POWER = ["network.model_channels=8", "network.channel_mult=[1]", "batch_size=32", "trainer.accelerator=cpu",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
+              "callbacks=none", "ema=power", "ema.snapshot_kimg=0.064", "sampler.num_steps=4"]
+
+
+def fit(tmp_path, name, overrides):
+    from edmlab.lightning.run import build
+
+    cfg = compose("train", with_overrides(TINY_POWER, overrides), tmp_path / name)
+    trainer, module, datamodule = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return module
+
+
+def test_power_ema_run_snapshots_survive_resume_and_reconstruct(tmp_path, one_cpu_thread):
+    """Snapshots every 2 steps; a run resumed into another directory carries the earlier snapshots and ends with
+    the same ones as an uninterrupted run; the reconstructed network files load with edmlab.load."""
+    ckpt = ["callbacks=default", "callbacks.sample_grid.every_n_steps=0", "callbacks.final_report.num_samples=4",
+            "callbacks.checkpoint.every_n_train_steps=4"]
+    straight = fit(tmp_path, "straight", ["duration_kimg=0.256"])
+    fit(tmp_path, "first", ["duration_kimg=0.128", *ckpt])
+    first = sorted((tmp_path / "first" / "phema").glob("snapshot-*.pt"))
+    assert [int(f.stem.split("-")[1]) for f in first] == [64, 128]
+    before = [f.read_bytes() for f in first]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = fit(tmp_path, "second", ["duration_kimg=0.256", f"ckpt_path={last}", *ckpt])
+    assert [f.read_bytes() for f in first] == before
+    names = [f.name for f in sorted((tmp_path / "second" / "phema").glob("snapshot-*.pt"))]
+    assert names == [f.name for f in sorted((tmp_path / "straight" / "phema").glob("snapshot-*.pt"))]
+    assert len(names) == 4
+    for a, b in zip(straight.ema_tracker.averages, resumed.ema_tracker.averages):
+        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
+
+    (path,) = phema.write_networks(tmp_path / "second", [0.10])
+    assert path.name == "network-phema-0.100.pt"
+    loaded = edmlab.load(path)
+    # 0.10 was tracked, so its post-hoc reconstruction at the last snapshot is (nearly) the tracked EMA itself.
+    for (k, x), y in zip(resumed.ema_tracker.averages[1].state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-5, msg=k)
+
+
+def test_phema_command_line(tmp_path, one_cpu_thread, capsys):
+    fit(tmp_path, "run", ["duration_kimg=0.128"])
+    phema.main([str(tmp_path / "run"), "--std", "0.03,0.06", "--at-kimg", "0.1"])
+    out = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in out] == ["network-phema-0.030.pt", "network-phema-0.060.pt"]
+    net = edmlab.load(out[0])
+    assert net(torch.zeros(1, 1, 8, 8), torch.tensor([1.0])).shape == (1, 1, 8, 8)
+    with pytest.raises(SystemExit):
+        phema.main([str(tmp_path / "run"), "--std", "0.3"])
+    assert "EMA std=0.3 is outside" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"at_kimg=0.01: the first snapshot of .* is at 0.064 kimg"):
+        phema.load_snapshots(tmp_path / "run", at_kimg=0.01)
