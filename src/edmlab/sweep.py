@@ -9,6 +9,12 @@ then its scalar metrics, ``nfe``, ``status`` and ``error``), ``<metric>_vs_rho.p
 Failed jobs stay in the table (``status: failed`` with their error; a job directory without ``metrics.json``
 counts as failed). When any job failed the report says so on stderr and ends the process with exit code 1,
 after writing everything (``exit_on_failure=false`` keeps exit code 0).
+
+Seeds are a sweep axis (``edmlab.sweep_mean``): when ``seed`` or ``seeds`` takes several values, ``sweep_mean.csv``
+and ``sweep_mean.md`` hold the mean ± standard error over seeds of every other override combination with its n, and
+the plots show means with error bars. An evaluation job of a trained run (``ckpt=<run dir>``) carries the run's
+training overrides (its ``.hydra/overrides.yaml``; the evaluation's own win where both set a key), so an evaluation
+sweep over the runs of a ``seed=0,1,2`` training sweep averages over the training seeds.
 """
 import csv
 import math
@@ -20,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+
+from .sweep_mean import (aggregate, group_overrides, groups, has_seed_axis, mean_markdown_table, plot_groups,
+                         standard_error)
 
 PRIMARY_METRICS = ("fid", "digits_fd", "mixture_ode_error", "mixture_sliced_wasserstein")
 NOT_METRICS = {"nfe", "job_num", "status", "error"}
@@ -34,6 +43,9 @@ class Job:
     num: int | None
     overrides: dict[str, str]
     record: dict = field(default_factory=dict)
+    run_dir: Path | None = None
+    run_overrides: dict[str, str] = field(default_factory=dict)
+    dataset: str | None = None
 
     @property
     def status(self) -> str:
@@ -73,7 +85,38 @@ def as_number(value) -> float | None:
 def parse_override(text: str) -> tuple[str, str]:
     """``key=value`` of a Hydra override, without its ``+``/``~`` prefix and the escapes Hydra adds (``bench\\:x``)."""
     key, _, value = str(text).partition("=")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return key.lstrip("+~"), value[1:-1]
     return key.lstrip("+~"), re.sub(r"\\(.)", r"\1", value)
+
+
+def trained_run(directory: Path, overrides: dict[str, str]) -> Path | None:
+    """The training run of a job: the job itself when it trained (its config.yaml), else the run dir that its
+    ``ckpt`` names (a run dir, its network.pt or checkpoints/last.ckpt); None for ``bench:*`` and bare files."""
+    if (directory / "config.yaml").is_file() and dataset_name(directory) is not None:
+        return directory
+    ckpt = overrides.get("ckpt")
+    if not ckpt or ckpt.startswith("bench:"):
+        return None
+    path = Path(ckpt)
+    path = path.parent.parent if path.parent.name == "checkpoints" else path if path.is_dir() else path.parent
+    return path if (path / "config.yaml").is_file() else None
+
+
+def dataset_name(run: Path) -> str | None:
+    """The data set a run trained on, from its resolved config.yaml: the dataset class with its preset/path/root."""
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(run / "config.yaml").get("data") or {}, resolve=False)
+    except (OSError, ValueError) as e:
+        return f"unreadable config.yaml ({e})"
+    if not data:
+        return None
+    dataset = data.get("dataset") or {}
+    name = str(dataset.get("_target_", "?")).rsplit(".", 1)[-1]
+    where = [f"{k}={dataset[k]}" for k in ("preset", "path", "root") if dataset.get(k) is not None]
+    return f"{name}({', '.join(where)})" if where else name
 
 
 def read_job(directory: Path) -> Job | None:
@@ -100,7 +143,15 @@ def read_job(directory: Path) -> Job | None:
     if num is None:
         match = re.match(r"(\d+)(_|$)", directory.name)
         num = int(match.group(1)) if match else None
-    return Job(directory, num, dict(parse_override(o) for o in overrides or []), record)
+    own = dict(parse_override(o) for o in overrides or [])
+    run = trained_run(directory, own)
+    run_overrides = {}
+    if run is not None and run != directory and (run / ".hydra" / "overrides.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        run_overrides = dict(parse_override(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    return Job(directory, num, {**run_overrides, **own}, record, run, run_overrides,
+               dataset_name(run) if run is not None else None)
 
 
 def read_jobs(sweep_dir: str | Path) -> list[Job]:
@@ -186,12 +237,12 @@ def plot_metric(jobs: list[Job], metric: str, x_name: str, path: Path) -> Path |
     points = [(j, x, y) for j, x, y in points if x is not None and y is not None and math.isfinite(y)]
     if len({x for _, x, _ in points}) < 2:
         return None
-    varying = [k for k in dict.fromkeys(k for j, _, _ in points for k in j.overrides)
+    varying = [k for k in dict.fromkeys(k for j, _, _ in points for k in group_overrides(j))
                if k.rsplit(".", 1)[-1] != x_key and len({j.overrides.get(k) for j, _, _ in points}) > 1]
-    series: dict[str, list] = {}
+    series: dict[str, dict] = {}  # label → x → the values over seeds
     for job, x, y in points:
         label = ", ".join(f"{k}={job.overrides.get(k)}" for k in varying) or metric
-        series.setdefault(label, []).append((x, y))
+        series.setdefault(label, {}).setdefault(x, []).append(y)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,9 +251,12 @@ def plot_metric(jobs: list[Job], metric: str, x_name: str, path: Path) -> Path |
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
-    for index, (label, xy) in enumerate(series.items()):
-        xy.sort()
-        ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=colors(index % colors.N), label=label)
+    for index, (label, by_x) in enumerate(series.items()):
+        xs = sorted(by_x)
+        se = [standard_error(by_x[x]) for x in xs]
+        ax.errorbar(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], fmt="o-", color=colors(index % colors.N),
+                    label=label, capsize=3, yerr=None if all(math.isnan(e) for e in se) else
+                    [0.0 if math.isnan(e) else e for e in se])
     xs = sorted({x for _, x, _ in points})
     if all(y > 0 for _, _, y in points):
         ax.set_yscale("log")
@@ -236,16 +290,21 @@ class Report:
     table: list[list]
     metric: str | None
     files: list[Path]
+    mean_header: list[str] = field(default_factory=list)
+    mean_table: list[list] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Job]:
         return [j for j in self.jobs if not j.ok]
 
 
-def write_report(sweep_dir: str | Path, plots: bool = True) -> Report:
-    """sweep.csv, sweep.md and the plots of the jobs under ``sweep_dir``."""
+def write_report(sweep_dir: str | Path, plots: bool = True, jobs: list[Job] | None = None,
+                 name: str = "sweep") -> Report:
+    """<name>.csv, <name>.md and the plots of ``jobs`` (default: the job dirs under ``sweep_dir``); with a seed
+    axis also <name>_mean.csv/.md and ``<metric>_mean.png``. Raises ValueError (after writing <name>.csv/.md)
+    when the seeds are to be averaged over runs of different data sets."""
     sweep_dir = Path(sweep_dir)
-    jobs = read_jobs(sweep_dir)
+    jobs = read_jobs(sweep_dir) if jobs is None else jobs
     header, table = rows(jobs)
     metric = primary_metric(jobs)
     failed = sum(not j.ok for j in jobs)
@@ -253,15 +312,28 @@ def write_report(sweep_dir: str | Path, plots: bool = True) -> Report:
     title = (f"# Sweep {sweep_dir.name}\n\n{len(jobs)} jobs, {failed} failed. "
              f"Primary metric: {metric or 'none'} (lower is better)."
              + (f" Fixed: {', '.join(f'`{k}={v}`' for k, v in fixed.items())}." if fixed else ""))
-    files = [write_csv(sweep_dir / "sweep.csv", header, table)]
-    (sweep_dir / "sweep.md").write_text(markdown(*drop_columns(header, table, fixed), title))
-    files.append(sweep_dir / "sweep.md")
+    files = [write_csv(sweep_dir / f"{name}.csv", header, table)]
+    (sweep_dir / f"{name}.md").write_text(markdown(*drop_columns(header, table, fixed), title))
+    files.append(sweep_dir / f"{name}.md")
+    report = Report(sweep_dir, jobs, header, table, metric, files)
+    if has_seed_axis(jobs):
+        metrics = columns(jobs)[1]
+        report.mean_header, report.mean_table = aggregate(jobs, metrics)
+        files.append(write_csv(sweep_dir / f"{name}_mean.csv", report.mean_header, report.mean_table))
+        mean_title = (f"# Sweep {sweep_dir.name}: mean ± standard error over seeds\n\n"
+                      f"n = jobs that succeeded per row, failed = jobs of the row that failed (in {name}.csv).")
+        mean_md = mean_markdown_table(*drop_columns(report.mean_header, report.mean_table, fixed), metrics)
+        (sweep_dir / f"{name}_mean.md").write_text(markdown(*mean_md, mean_title))
+        files.append(sweep_dir / f"{name}_mean.md")
+        if plots and metric is not None and (path := plot_groups(groups(jobs), metric,
+                                                                 sweep_dir / f"{metric}_mean.png")) is not None:
+            files.append(path)
     if plots and metric is not None:
         for x_name in ("rho", "nfe"):
             path = plot_metric(jobs, metric, x_name, sweep_dir / f"{metric}_vs_{x_name}.png")
             if path is not None:
                 files.append(path)
-    return Report(sweep_dir, jobs, header, table, metric, files)
+    return report
 
 
 def log_report_to_wandb(report: Report, config) -> None:
@@ -278,9 +350,12 @@ def log_report_to_wandb(report: Report, config) -> None:
                      project=OmegaConf.select(config, "logger.wandb.project", default="edmlab"), group=str(task),
                      name=f"{task}-sweep-{report.sweep_dir.name}", job_type="sweep")
     try:
-        data = [["" if v is None else v if isinstance(v, (int, float)) else str(v) for v in row]
-                for row in report.table]
-        run.log({"sweep/table": wandb.Table(columns=report.header, data=data),
+        def cells(table):
+            return [["" if v is None else v if isinstance(v, (int, float)) else str(v) for v in row] for row in table]
+
+        if report.mean_table:
+            run.log({"sweep/mean_over_seeds": wandb.Table(columns=report.mean_header, data=cells(report.mean_table))})
+        run.log({"sweep/table": wandb.Table(columns=report.header, data=cells(report.table)),
                  **{f"sweep/{p.stem}": wandb.Image(str(p)) for p in report.files if p.suffix == ".png"}})
     finally:
         run.finish()
@@ -300,13 +375,21 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
-        report = write_report(sweep_dir, self.plots)
+        try:
+            report = write_report(sweep_dir, self.plots)
+        except ValueError as e:  # runs of different data sets: sweep.csv/md are written, the mean is refused
+            print(f"error: {e}", file=sys.stderr)
+            sys.stdout.flush()
+            raise SystemExit(1)
         if self.wandb:
             try:
                 log_report_to_wandb(report, config)
             except Exception as e:  # noqa: BLE001 - the report is on disk already
                 warnings.warn(f"W&B logging of the sweep report failed ({type(e).__name__}: {e})", RuntimeWarning)
         print(markdown(*drop_columns(report.header, report.table, fixed_overrides(report.jobs))))
+        if report.mean_table:
+            print(markdown(*mean_markdown_table(*drop_columns(report.mean_header, report.mean_table,
+                                                              fixed_overrides(report.jobs)), columns(report.jobs)[1])))
         print(f"sweep report: {sweep_dir / 'sweep.md'} ({len(report.jobs)} jobs, {len(report.failed)} failed)")
         if report.failed:
             for job in report.failed:
