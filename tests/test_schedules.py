@@ -104,3 +104,84 @@ def test_time_steps_honour_round_sigma():
     u = precond.u.double()
     for s in sigmas:
         assert (u - s).abs().min() < 1e-5 * s
+
+
+def _nvlabs_vp_grid(num_steps, epsilon_s):
+    """NVlabs/edm generate.py ablation_sampler, discretization='vp' with default σ range, transcribed independently:
+    σ_min = σ_vp(ε_s), σ_max = σ_vp(1) of β_d=19.9, β_min=0.1; β refit; t uniform from 1 to ε_s."""
+    def vp_sigma(beta_d, beta_min, t):
+        return (math.e ** (0.5 * beta_d * t**2 + beta_min * t) - 1) ** 0.5
+    sigma_min, sigma_max = vp_sigma(19.9, 0.1, epsilon_s), vp_sigma(19.9, 0.1, 1.0)
+    beta_d = 2 * (math.log(sigma_min**2 + 1) / epsilon_s - math.log(sigma_max**2 + 1)) / (epsilon_s - 1)
+    beta_min = math.log(sigma_max**2 + 1) - 0.5 * beta_d
+    return [vp_sigma(beta_d, beta_min, 1 + i / (num_steps - 1) * (epsilon_s - 1)) for i in range(num_steps)] + [0.0]
+
+
+@pytest.mark.parametrize("epsilon_s", [1e-3, 1e-4])
+def test_vp_default_sigma_min_follows_epsilon_s_as_nvlabs(epsilon_s):
+    lo, hi = edmlab.sigma_range("vp", epsilon_s=epsilon_s)
+    assert lo == pytest.approx({1e-3: 0.0104860, 1e-4: 0.0031780}[epsilon_s], rel=1e-5)
+    assert hi == pytest.approx(152.16697, rel=1e-6)
+    got = edmlab.sigma_steps(18, discretization="vp", schedule="vp", epsilon_s=epsilon_s)
+    torch.testing.assert_close(got, torch.tensor(_nvlabs_vp_grid(18, epsilon_s), dtype=torch.float64),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_logsnr_grid_is_uniform_in_log_sigma():
+    sigmas = edmlab.sigma_steps(9, discretization="logsnr")[:-1]
+    torch.testing.assert_close(sigmas.log(), torch.linspace(math.log(80.0), math.log(0.002), 9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("rho", [1.0, 2.0])
+def test_time_uniform_grid_is_uniform_in_vp_time_to_the_1_over_rho(rho):
+    lo, hi, eps = 0.002, 80.0, 1e-3
+    sigmas = edmlab.sigma_steps(7, discretization="time_uniform", rho=rho)[:-1]
+    # The refit VP schedule through σ(ε_s)=0.002, σ(1)=80, written out: σ⁻¹(σ) = (√(β_min² + 2β_d ln(1+σ²)) − β_min)/β_d.
+    beta_d = 2 * (math.log(lo**2 + 1) / eps - math.log(hi**2 + 1)) / (eps - 1)
+    beta_min = math.log(hi**2 + 1) - 0.5 * beta_d
+    t = ((beta_min**2 + 2 * beta_d * sigmas.square().log1p()).sqrt() - beta_min) / beta_d
+    torch.testing.assert_close(t ** (1 / rho), torch.linspace(1.0, eps ** (1 / rho), 7, dtype=torch.float64))
+    assert beta_d == pytest.approx(17.538, abs=1e-3) and beta_min == pytest.approx(-0.00477, abs=1e-5)
+    torch.testing.assert_close(edmlab.sigma_steps(7, discretization="time_uniform", rho=1.0),
+                               edmlab.sigma_steps(7, discretization="vp", sigma_min=lo, sigma_max=hi))
+
+
+def test_custom_grid_is_walked_as_given():
+    steps = [40.0, 3.0, 0.5, 0.01]
+    got = edmlab.sigma_steps(None, discretization="custom", steps=steps)
+    assert got.tolist() == steps + [0.0]
+    mixture = edmlab.GaussianMixture([[-1.0], [1.0]], 0.3)
+    z = torch.randn(5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seen = []
+    edmlab.sample(mixture, z, solver="euler", discretization="custom", steps=steps, num_steps=None,
+                  callback=lambda step: seen.append(step["sigma"]))
+    assert seen == steps
+
+
+@pytest.mark.parametrize("steps, kwargs, message", [
+    ([10.0, 10.0, 1.0], {}, r"strictly decreasing, but sigma\[0\]=10.0 is followed by sigma\[1\]=10.0"),
+    ([10.0, 1.0, 0.0], {}, r"must be positive \(the sampler appends sigma=0 itself\), got 0.0"),
+    ([120.0, 1.0], {}, r"sigma=120.0 leaves the network's range \[0.02, 100.0\]"),
+    ([10.0, 1.0], {"num_steps": 18}, r"grid has 2 noise levels but num_steps=18; set num_steps=null"),
+    ([10.0, 1.0], {"sigma_min": 0.5}, r"takes its range from the grid; drop sigma_min=0.5"),
+    (None, {}, r"discretization=custom needs steps"),
+])
+def test_custom_grid_bad_input(steps, kwargs, message):
+    class VE:
+        sigma_min, sigma_max = 0.02, 100.0
+    kwargs = {"num_steps": None} | kwargs
+    with pytest.raises(ValueError, match=message):
+        edmlab.sigma_steps(discretization="custom", steps=steps, denoiser=VE(), **kwargs)
+
+
+def test_steps_only_for_custom():
+    with pytest.raises(ValueError, match=r"steps is only read by discretization=custom, not discretization=edm"):
+        edmlab.sigma_steps(10, steps=[1.0, 0.1])
+
+
+def test_steps_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"steps file .*missing.json does not exist"):
+        edmlab.sigma_steps(None, discretization="custom", steps=str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad.json is not a steps file \(JSON with a 'sigmas' list\)"):
+        edmlab.sigma_steps(None, discretization="custom", steps=str(tmp_path / "bad.json"))

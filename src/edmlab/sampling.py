@@ -1,34 +1,31 @@
 """``sample()``: EDM's general sampler (the ``ablation_sampler`` of NVlabs/edm; EDM Algorithms 1 and 2) over
-any schedule σ(t), scaling s(t), discretization and solver, plus the time grid it walks."""
+any schedule σ(t), scaling s(t), discretization and solver, plus the time grid it walks (``plan``)."""
+import inspect
 import math
+from dataclasses import dataclass, field
 
 import torch
 
-from .discretizations import DEFAULT_SIGMA_RANGE, discretize
-from .scalings import NoScaling, VPScaling
-from .schedules import LinearSchedule, VESchedule, VPSchedule
-from .solvers import SOLVERS, Churn, ProbabilityFlow
+from .discretizations import DISCRETIZATIONS, custom_sigmas, default_sigma_range, discretize
+from .registry import choose
+from .scalings import SCALINGS
+from .schedules import SCHEDULES
+from .solvers import ANY_FLOW, ORDER, SOLVERS, Churn, ProbabilityFlow, sigma_grid, solver_calls, steps_for_nfe
+from .solvers.calls import check_afs, check_final_step
 
-SCHEDULES = ("vp", "ve", "linear")
-SCALINGS = ("vp", "none")
+EDM_NUM_STEPS = 18
 
 
 def _identity(sigma):
     return sigma
 
 
-def _choose(kind: str, value: str, options) -> str:
-    if value not in options:
-        raise ValueError(f"unknown {kind} {value!r}: choose one of {sorted(options)}")
-    return value
-
-
 def sigma_range(discretization: str = "edm", sigma_min: float | None = None, sigma_max: float | None = None,
-                denoiser=None) -> tuple[float, float]:
-    """(σ_min, σ_max): the discretization's EDM default where None, clamped to the denoiser's supported
-    range (its ``sigma_min``/``sigma_max`` attributes, if any)."""
-    _choose("discretization", discretization, DEFAULT_SIGMA_RANGE)
-    default_min, default_max = DEFAULT_SIGMA_RANGE[discretization]
+                denoiser=None, epsilon_s: float = 1e-3) -> tuple[float, float]:
+    """(σ_min, σ_max): the discretization's EDM default where None (vp: σ_vp(ε_s), σ_vp(1)), clamped to the
+    denoiser's supported range (its ``sigma_min``/``sigma_max`` attributes, if any)."""
+    choose("discretization", discretization, dict.fromkeys(DISCRETIZATIONS))
+    default_min, default_max = default_sigma_range(discretization, epsilon_s)
     lo = default_min if sigma_min is None else float(sigma_min)
     hi = default_max if sigma_max is None else float(sigma_max)
     lo = max(lo, float(getattr(denoiser, "sigma_min", 0.0)))
@@ -42,15 +39,12 @@ def sigma_range(discretization: str = "edm", sigma_min: float | None = None, sig
 def make_flow(schedule: str = "linear", scaling: str = "none", sigma_min: float = 0.002, sigma_max: float = 80.0,
               epsilon_s: float = 1e-3) -> ProbabilityFlow:
     """The probability-flow ODE for named σ(t) and s(t); the VP schedule is refit to [σ_min, σ_max] as in EDM."""
-    _choose("schedule", schedule, SCHEDULES)
-    _choose("scaling", scaling, SCALINGS)
-    sched = {"linear": LinearSchedule, "ve": VESchedule}.get(schedule)
-    sched = sched() if sched else VPSchedule.fit(sigma_min, sigma_max, epsilon_s)
-    return ProbabilityFlow(sched, VPScaling(sched) if scaling == "vp" else NoScaling(sched))
+    sched = choose("schedule", schedule, SCHEDULES).for_range(sigma_min, sigma_max, epsilon_s)
+    return ProbabilityFlow(sched, choose("scaling", scaling, SCALINGS)(sched))
 
 
 def _validate(num_steps, rho, alpha, S_churn, S_noise):
-    if not (isinstance(num_steps, int) and num_steps >= 1):
+    if num_steps is not None and not (isinstance(num_steps, int) and num_steps >= 1):
         raise ValueError(f"num_steps must be an integer >= 1, got num_steps={num_steps!r}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0 (EDM uses 7), got rho={rho}")
@@ -63,63 +57,173 @@ def _validate(num_steps, rho, alpha, S_churn, S_noise):
 
 
 def _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-          denoiser) -> tuple[ProbabilityFlow, torch.Tensor]:
+          denoiser, steps=None) -> tuple[ProbabilityFlow, torch.Tensor]:
     """The ODE and the N + 1 times t_0 > … > t_{N−1} > t_N = 0 a sampler visits: t_i = σ⁻¹(round_sigma(σ_i)) for
-    the discretization's σ_i, then 0 (float64)."""
-    lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser)
+    the discretization's σ_i (``steps`` for custom), then 0 (float64)."""
+    if discretization == "custom":
+        sigmas, lo, hi = _custom_plan(steps, num_steps, sigma_min, sigma_max, denoiser)
+    else:
+        if steps is not None:
+            raise ValueError(f"steps is only read by discretization=custom, not discretization={discretization}")
+        num_steps = EDM_NUM_STEPS if num_steps is None else num_steps
+        lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser, epsilon_s)
+        sigmas = discretize(discretization, num_steps, lo, hi, rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
     flow = make_flow(schedule, scaling, lo, hi, epsilon_s)
-    sigmas = discretize(discretization, num_steps, lo, hi, rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
     round_sigma = getattr(denoiser, "round_sigma", _identity)
     t = flow.schedule.sigma_inv(torch.as_tensor(round_sigma(sigmas), dtype=torch.float64))
     return flow, torch.cat([t, t.new_zeros(1)])
 
 
-def time_steps(num_steps: int = 18, *, discretization: str = "edm", schedule: str = "linear",
+def _custom_plan(steps, num_steps, sigma_min, sigma_max, denoiser):
+    """The explicit grid of discretization=custom, checked against the network's σ range, and its (σ_min, σ_max)."""
+    if sigma_min is not None or sigma_max is not None:
+        raise ValueError(f"discretization=custom takes its range from the grid; drop sigma_min={sigma_min}, "
+                         f"sigma_max={sigma_max}")
+    sigmas = custom_sigmas(steps, float(getattr(denoiser, "sigma_min", 0.0)),
+                           float(getattr(denoiser, "sigma_max", math.inf)))
+    if num_steps is not None and num_steps != len(sigmas):
+        raise ValueError(f"discretization=custom: the grid has {len(sigmas)} noise levels but num_steps={num_steps}; "
+                         f"set num_steps=null (or {len(sigmas)})")
+    return sigmas, float(sigmas[-1]), float(sigmas[0])
+
+
+def time_steps(num_steps: int | None = EDM_NUM_STEPS, *, discretization: str = "edm", schedule: str = "linear",
                sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
                epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
-               denoiser=None) -> torch.Tensor:
+               denoiser=None, steps=None) -> torch.Tensor:
     """The N + 1 times t_0 > … > t_N = 0 that ``sample`` visits with the same arguments (float64)."""
     _validate(num_steps, rho, 1.0, 0.0, 1.0)
     return _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-                 denoiser)[1]
+                 denoiser, steps=steps)[1]
 
 
-def sigma_steps(num_steps: int = 18, *, discretization: str = "edm", schedule: str = "linear",
+def sigma_steps(num_steps: int | None = EDM_NUM_STEPS, *, discretization: str = "edm", schedule: str = "linear",
                 sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
                 epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
-                denoiser=None) -> torch.Tensor:
+                denoiser=None, steps=None) -> torch.Tensor:
     """σ(t_i) of ``time_steps`` (same arguments): e.g. the 18-step EDM grid 80, 57.59, …, 0.002, 0."""
     _validate(num_steps, rho, 1.0, 0.0, 1.0)
     flow, t = _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-                    denoiser)
+                    denoiser, steps=steps)
     return flow.schedule.sigma(t)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What ``sample`` will do: the solver, its ODE and grid (N levels, then t = 0), how it ends, and its exact
+    NFE (None for the adaptive solver, whose calls are counted as it runs)."""
+
+    solver: str
+    flow: ProbabilityFlow
+    t_steps: torch.Tensor
+    final_step: str
+    nfe: int | None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.t_steps) - 1
+
+
+# Solver options of ``sample`` and the value at which each is switched off; a solver that does not take one
+# refuses any other value.
+NEUTRAL = {"alpha": 1.0, "churn": Churn(), "max_order": None, "rtol": None, "atol": None}
+
+
+def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "linear", scaling: str = "none",
+         num_steps: int | None = None, nfe: int | None = None, sigma_min: float | None = None,
+         sigma_max: float | None = None, rho: float = 7.0, alpha: float = 1.0, S_churn: float = 0.0,
+         S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0, max_order: int | None = None,
+         final_step: str | None = None, afs=None, rtol: float | None = None, atol: float | None = None,
+         epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, steps=None,
+         denoiser=None) -> Plan:
+    """Check every sampler argument (a one-line ValueError naming a bad one) and resolve the grid: ``num_steps``
+    noise levels (None: 18, EDM), or the levels and final step that spend exactly ``nfe`` denoiser calls."""
+    solve = choose("solver", solver, SOLVERS)
+    _validate(num_steps, rho, alpha, S_churn, S_noise)
+    if num_steps is not None and nfe is not None:
+        raise ValueError(f"give num_steps or nfe, not both (got num_steps={num_steps}, nfe={nfe})")
+    if final_step is not None:
+        check_final_step(final_step)
+    check_afs(afs)
+    options = _solver_options(solver, solve, dict(alpha=alpha, churn=Churn(S_churn, S_min, S_max, S_noise),
+                                                  max_order=max_order, rtol=rtol, atol=atol))
+    declared = inspect.signature(solve).parameters.get("max_order")
+    order = ORDER.get(solver) or options.get("max_order") or (declared.default if declared else 0)
+    if solver == "adaptive":
+        if num_steps is not None or nfe is not None or discretization == "custom":
+            raise ValueError(f"solver='adaptive' picks its own steps between sigma_max and sigma_min from rtol/atol: "
+                             f"drop num_steps={num_steps}, nfe={nfe} and discretization={discretization}")
+        num_steps = 2
+    elif nfe is not None:
+        levels = len(custom_sigmas(steps)) if discretization == "custom" else None
+        num_steps, final_step = steps_for_nfe(solver, nfe, final_step, afs, order)
+        if levels is not None and levels != num_steps:
+            raise ValueError(f"nfe={nfe} with solver={solver!r} needs {num_steps} noise levels, but the custom grid "
+                             f"has {levels}: set nfe=null (the grid decides) or use a grid of {num_steps} levels")
+        num_steps = None if levels is not None else num_steps
+    flow, t_steps = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1,
+                          C_2, M, denoiser, steps=steps)
+    final_step = final_step or "euler"
+    levels = len(t_steps) - 1
+    if solver not in ANY_FLOW:
+        sigma_grid(flow, t_steps, solver)
+    if solver != "adaptive" and levels < 1 + int(final_step == "none" or check_afs(afs) is not None):
+        raise ValueError(f"num_steps={levels} is too few for final_step={final_step!r}, afs={afs!r}: they need at "
+                         f"least one step between noise levels (num_steps >= 2)")
+    calls = None if solver == "adaptive" else solver_calls(solver, levels, final_step, afs)
+    return Plan(solver, flow, t_steps, final_step, calls, options | {"final_step": final_step, "afs": afs})
+
+
+def _solver_options(solver: str, solve, given: dict) -> dict:
+    """The options ``solve`` takes; one it does not take must be at its neutral value (``NEUTRAL``)."""
+    takes = inspect.signature(solve).parameters
+    options = {}
+    for name, value in given.items():
+        if name in takes:
+            if value is not None:
+                options[name] = value
+        elif value != NEUTRAL[name]:
+            users = sorted(s for s, f in SOLVERS.items() if name in inspect.signature(f).parameters)
+            shown = "S_churn={}".format(value.S_churn) if name == "churn" else f"{name}={value}"
+            raise ValueError(f"{shown} does not apply to solver={solver!r}: only {', '.join(users)} take it")
+    return options
+
+
+_PLAN_ARGS = tuple(inspect.signature(plan).parameters)
+
+
 def sample(denoiser, latents: torch.Tensor, *, solver: str = "heun", discretization: str = "edm",
-           schedule: str = "linear", scaling: str = "none", num_steps: int = 18, sigma_min: float | None = None,
-           sigma_max: float | None = None, rho: float = 7.0, alpha: float = 1.0, S_churn: float = 0.0,
-           S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0, epsilon_s: float = 1e-3,
-           C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, generator=None, callback=None,
+           schedule: str = "linear", scaling: str = "none", num_steps: int | None = None, nfe: int | None = None,
+           sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0, alpha: float = 1.0,
+           S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
+           max_order: int | None = None, final_step: str | None = None, afs=None, rtol: float | None = None,
+           atol: float | None = None, epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008,
+           M: int = 1000, steps=None, generator=None, callback=None,
            class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Draw samples by solving EDM's probability-flow ODE (or its churned SDE) from σ_max to 0.
 
     ``denoiser(x, sigma)`` returns D(x; σ) for ``sigma`` of shape [N]; its optional ``sigma_min``,
-    ``sigma_max`` and ``round_sigma`` are honoured. ``latents`` are unscaled N(0, I) draws; the sampler starts at
-    x_0 = latents·σ(t_0)·s(t_0) and runs in float64 whatever the network's precision. ``generator`` feeds the churn
-    noise: a ``torch.Generator``, or ``edmlab.SeedStreams`` for per-sample streams. ``callback`` receives a dict
-    (i, t, sigma, x, denoised, …) after every step. Returns the samples in the latents' dtype.
+    ``sigma_max``, ``round_sigma`` and ``sigma_data`` are honoured. ``latents`` are unscaled N(0, I) draws; the
+    sampler starts at x_0 = latents·σ(t_0)·s(t_0) and runs in float64 whatever the network's precision.
+    ``num_steps`` noise levels (None: EDM's 18) or ``nfe`` denoiser calls (the solver picks its levels and
+    ``final_step``); ``max_order``, ``final_step``, ``afs``, ``rtol``/``atol`` as ``edmlab.solvers`` documents.
+    ``discretization="custom"`` walks ``steps`` (a σ list, largest first, or a steps file of
+    ``edmlab.search_steps``). ``generator`` feeds the churn noise: a ``torch.Generator``, or ``edmlab.SeedStreams``
+    for per-sample streams. ``callback`` receives a dict (i, sigma, x, denoised, …) after every step. Returns the
+    samples in the latents' dtype.
     """
+    settings = dict(locals())
     if not isinstance(latents, torch.Tensor) or latents.dtype not in (torch.float32, torch.float64):
         got = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
         raise TypeError(f"latents must be a float32 or float64 tensor, got {got}")
-    solve = SOLVERS.get(_choose("solver", solver, SOLVERS))
-    _validate(num_steps, rho, alpha, S_churn, S_noise)
-    flow, t_steps = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2,
-                          M, denoiser)
-    start = flow.at(float(t_steps[0]))
+    todo = plan(**{name: settings[name] for name in _PLAN_ARGS})
+    solve = SOLVERS[todo.solver]
+    extra = {"round_sigma": getattr(denoiser, "round_sigma", _identity), "generator": generator}
+    extra = {k: v for k, v in extra.items() if k in inspect.signature(solve).parameters}
+    start = todo.flow.at(float(todo.t_steps[0]))
     x = latents.to(torch.float64) * (start.sigma * start.s)
     with torch.no_grad():
-        x = solve(denoiser, x, t_steps, flow, alpha=alpha, churn=Churn(S_churn, S_min, S_max, S_noise),
-                  round_sigma=getattr(denoiser, "round_sigma", _identity), generator=generator, callback=callback,
+        x = solve(denoiser, x, todo.t_steps, todo.flow, **todo.options, **extra, callback=callback,
                   denoiser_kwargs={} if class_labels is None else {"class_labels": class_labels})
     return x.to(latents.dtype)
