@@ -55,7 +55,12 @@ def save_network(path: str | Path, denoiser: torch.nn.Module, model_spec: dict, 
 
 
 def _read(path: Path) -> tuple[dict, dict, dict | None]:
-    """(model spec, denoiser state_dict, resolved training config) of a network file or a training checkpoint."""
+    """(model spec, denoiser state_dict, resolved training config) of a network file, a training checkpoint or an
+    NVlabs/edm or edm2 network pickle (``.pkl``, read by :mod:`edmlab.nvlabs` without running its code)."""
+    if path.suffix == ".pkl":
+        from .nvlabs import read_network_pickle
+
+        return (*read_network_pickle(path), None)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -68,7 +73,19 @@ def _read(path: Path) -> tuple[dict, dict, dict | None]:
         state = {k[len(prefix):]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
         return blob["edmlab"]["model"], state, blob["edmlab"].get("config")
     raise ValueError(f"{path} is not an edmlab network file or an edmlab training checkpoint "
-                     f"(no 'format': {FORMAT!r} and no 'edmlab' entry); for NVlabs/edm pickles use their loader")
+                     f"(no 'format': {FORMAT!r} and no 'edmlab' entry); NVlabs network pickles load by their .pkl name")
+
+
+def load_weights(denoiser: torch.nn.Module, state: dict, path) -> None:
+    """Load ``state`` into ``denoiser``: every key present on both sides, each shape equal, else a ValueError."""
+    ours = denoiser.state_dict()
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"{path}: its weights do not fit the architecture it describes "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}, other shape {shapes[:3]})")
+    denoiser.load_state_dict(state, strict=True)
 
 
 def network_file(path: str | Path) -> Path:
@@ -83,18 +100,16 @@ def network_file(path: str | Path) -> Path:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained denoiser ``D(x, sigma, class_labels=None)`` (EMA weights, eval mode) of a network file or checkpoint;
-    it carries ``sigma_min``, ``sigma_max``, ``round_sigma``, ``label_dim`` and ``model_spec`` for ``edmlab.sample``,
+    """The trained denoiser ``D(x, sigma, class_labels=None)`` (EMA weights, eval mode) of a network file, a checkpoint
+    or an NVlabs/edm or edm2 network pickle (``*.pkl``, read without running its code; float32); it carries ``sigma_min``, ``sigma_max``, ``round_sigma``, ``label_dim`` and ``model_spec`` for ``edmlab.sample``,
     and ``training_config`` (the resolved config of the run that trained it, or None)."""
     path = network_file(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no network file at {path}; pass the network.pt or checkpoints/last.ckpt of a run")
+        raise FileNotFoundError(f"no network file at {path}; pass the network.pt or checkpoints/last.ckpt of a run, "
+                                f"or an NVlabs network-snapshot .pkl")
     model_spec, state, config = _read(path)
     denoiser = build_denoiser(model_spec)
-    missing, unexpected = denoiser.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: its weights do not fit the architecture it describes "
-                         f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+    load_weights(denoiser, state, path)
     denoiser.model_spec = model_spec
     denoiser.training_config = config if isinstance(config, dict) else None
     return denoiser.eval().requires_grad_(False).to(device)
