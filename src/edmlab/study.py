@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from .sweep import Job, drop_columns, fixed_overrides, markdown, mean_markdown_table, columns, read_jobs, \
-    write_report
+from .sweep import Job, columns, drop_columns, fixed_overrides, markdown, mean_markdown_table, parse_override, \
+    read_jobs, write_report
 
 SRC = Path(__file__).resolve().parents[1]
 
@@ -65,12 +65,14 @@ def study(train: list[str], evaluate: list[str], directory: Path, jobs: int = 1)
     directory.mkdir(parents=True, exist_ok=True)
     code = run_step("train.py", [*train, *launcher(jobs), f"hydra.sweep.dir={directory / 'train'}"])
     trained = read_jobs(directory / "train") if (directory / "train").is_dir() else []
-    if code not in (0, 1) or not trained:
+    if not trained:
         print(f"error: the training sweep ended with exit code {code} and no run (see above)", file=sys.stderr)
         return 2
     runs = [j for j in trained if j.ok and finished(j)]
     failed_training = [j for j in trained if not (j.ok and finished(j))]
-    for job in failed_training:
+    planned = dict(parse_override(o) for o in evaluate)
+    for job in failed_training:  # the evaluation it would have had, so that its row groups with the others
+        job.overrides = {**job.overrides, **planned}
         job.record = {**job.record, "status": "failed",
                       "error": job.record.get("error") or "training did not finish (no network.pt; see its log)"}
     evaluated = []
