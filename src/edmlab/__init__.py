@@ -6,10 +6,11 @@ from .loss_weighting import EDMWeighting, InverseVariance
 from .mixture import GaussianMixture
 from .preconditioning import EDMPrecond, Precond, VEPrecond, VPPrecond, iDDPMPrecond
 from .rng import SeedStreams
-from .sampling import make_flow, sample, sigma_range, sigma_steps, time_steps
+from .sampling import Plan, make_flow, plan, sample, sigma_range, sigma_steps, time_steps
 from .scalings import NoScaling, VPScaling
 from .schedules import LinearSchedule, VESchedule, VPSchedule
-from .solvers import SOLVERS, Churn, ProbabilityFlow, nfe, sample_euler, sample_heun
+from .solvers import (SOLVERS, Churn, CountingDenoiser, ProbabilityFlow, nfe, sample_adaptive, sample_deis, sample_dpmpp_2m,
+                      sample_dpmpp_3m, sample_euler, sample_heun, sample_ipndm, sample_ipndm_v, sample_unipc)
 from .training_noise import EDMNoise, VENoise, VPNoise
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "discretize", "edm_sigmas", "ve_sigmas", "vp_sigmas", "iddpm_sigmas", "iddpm_grid",
     "Precond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "DenoisingLoss", "LossOutput",
     "VPNoise", "VENoise", "EDMNoise", "InverseVariance", "EDMWeighting", "DEFAULT_SIGMA_RANGE",
-    "SOLVERS", "Churn", "ProbabilityFlow", "sample_euler", "sample_heun", "nfe",
+    "SOLVERS", "Churn", "ProbabilityFlow", "sample_euler", "sample_heun", "nfe", "plan", "Plan", "CountingDenoiser", "sample_ipndm",
+    "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc", "sample_adaptive",
 ]

@@ -9,7 +9,7 @@ from .schedules import Schedule, _as_tensor
 
 
 class Scaling:
-    name = "scaling"
+    """s(t) and s'(t) of one schedule; ``SCALINGS`` names each subclass."""
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
@@ -27,8 +27,6 @@ class Scaling:
 class NoScaling(Scaling):
     """s(t) = 1 (VE, EDM)."""
 
-    name = "none"
-
     def s(self, t):
         return torch.ones_like(_as_tensor(t))
 
@@ -39,10 +37,11 @@ class NoScaling(Scaling):
 class VPScaling(Scaling):
     """s(t) = 1/√(1 + σ(t)²), s'(t) = −σ(t)σ'(t)s(t)³ (variance preserving)."""
 
-    name = "vp"
-
     def s(self, t):
         return 1 / (1 + self.schedule.sigma(t).square()).sqrt()
 
     def s_deriv(self, t):
         return -self.schedule.sigma(t) * self.schedule.sigma_deriv(t) * self.s(t) ** 3
+
+
+SCALINGS = {"none": NoScaling, "vp": VPScaling}

@@ -14,9 +14,12 @@ def _as_tensor(t) -> torch.Tensor:
 
 
 class Schedule:
-    """σ(t) with its derivative and inverse. Subclasses name one row of the design table."""
+    """σ(t) with its derivative and inverse; ``SCHEDULES`` names each subclass (one row of the design table)."""
 
-    name = "schedule"
+    @classmethod
+    def for_range(cls, sigma_min: float, sigma_max: float, epsilon_s: float = 1e-3) -> "Schedule":
+        """The schedule a sampler over [σ_min, σ_max] uses: parameter-free schedules ignore the range."""
+        return cls()
 
     def sigma(self, t):
         raise NotImplementedError
@@ -34,8 +37,6 @@ class Schedule:
 class LinearSchedule(Schedule):
     """σ(t) = t (EDM, DDIM): trajectories are straight lines toward D(x; σ) at high σ."""
 
-    name = "linear"
-
     def sigma(self, t):
         return _as_tensor(t)
 
@@ -48,8 +49,6 @@ class LinearSchedule(Schedule):
 
 class VESchedule(Schedule):
     """σ(t) = √t (variance exploding, Song et al. 2021): σ'(t) = ½/√t, σ⁻¹(σ) = σ²."""
-
-    name = "ve"
 
     def sigma(self, t):
         return _as_tensor(t).sqrt()
@@ -67,8 +66,6 @@ class VPSchedule(Schedule):
     σ'(t) = ½(β_min + β_d t)(σ + 1/σ);  σ⁻¹(σ) = (√(β_min² + 2β_d ln(1 + σ²)) − β_min)/β_d.
     Defaults β_d = 19.9, β_min = 0.1 give σ(1) ≈ 152.17 and σ(10⁻³) ≈ 0.0105.
     """
-
-    name = "vp"
 
     def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1):
         if not beta_d > 0:
@@ -91,6 +88,11 @@ class VPSchedule(Schedule):
         beta_min = math.log(sigma_max**2 + 1) - 0.5 * beta_d
         return cls(beta_d, beta_min)
 
+    @classmethod
+    def for_range(cls, sigma_min: float, sigma_max: float, epsilon_s: float = 1e-3) -> "VPSchedule":
+        """Refit to the sampler's range, as EDM's ablation sampler (``fit``)."""
+        return cls.fit(sigma_min, sigma_max, epsilon_s)
+
     def sigma(self, t):
         t = _as_tensor(t)
         return (0.5 * self.beta_d * t**2 + self.beta_min * t).expm1().sqrt()
@@ -106,3 +108,6 @@ class VPSchedule(Schedule):
 
     def __repr__(self):
         return f"VPSchedule(beta_d={self.beta_d:.6g}, beta_min={self.beta_min:.6g})"
+
+
+SCHEDULES = {"linear": LinearSchedule, "ve": VESchedule, "vp": VPSchedule}
