@@ -11,7 +11,7 @@ import edmlab.cli  # noqa: F401  (resolvers used by conf/hydra, W&B offline defa
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig):
     from edmlab.cli import friendly_errors
-    from edmlab.evaluate import evaluate
+    from edmlab.evaluation import evaluate
 
     with friendly_errors():
         return evaluate(cfg)

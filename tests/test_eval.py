@@ -1,4 +1,4 @@
-"""Evaluation (src/eval.py, edmlab.evaluate, edmlab.sweep): sweeps that end in a table and plots, failed jobs kept in
+"""Evaluation (src/eval.py, edmlab.evaluation, edmlab.sweep): sweeps that end in a table and plots, failed jobs kept in
 the table, seeds that fix the images whatever the batch, the exact Gaussian-mixture bench measuring the solvers'
 orders of accuracy, digits metrics of a trained network, FID over seed ranges, and bad checkpoints."""
 import csv
@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import compose, run_script, train_tiny_run
 
-from edmlab.evaluate import evaluate
+from edmlab.evaluation import evaluate
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -159,8 +159,11 @@ def test_digits_checkpoint_gets_digits_metrics_and_the_real_floor(digits_run, tm
     record = json.loads((job / "metrics.json").read_text())
     assert record["status"] == "ok" and record["nfe"] == 7 and record["num_samples"] == 32
     assert math.isfinite(record["digits_fd"]) and 0 <= record["digits_precision"] <= 1
-    # 4 training steps are far from the held-out real digits, which score the floor
-    assert 0 < record["floor"]["digits_fd"] < record["digits_fd"]
+    # 4 training steps are far from the held-out real digits; the floor is 32 training images scored the same way
+    floor = record["floor"]
+    assert floor["digits_floor_num_images"] == record["digits_num_images"] == 32
+    assert 0 < floor["digits_floor_fd"] < record["digits_fd"]
+    assert 0 <= record["digits_near_copy_fraction"] <= 1 and record["digits_train_nn_distance"] > 0
     summary = record["config"]
     assert (summary["solver"], summary["num_steps"], summary["sigma_max"], summary["model"]) == \
         ("heun", 4, 80.0, "DigitsDataset")

@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, compose, run_script, train_tiny_run
 
 from edmlab.distributed import Ranks
-from edmlab.evaluate import evaluate
+from edmlab.evaluation import evaluate
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -28,15 +28,15 @@ def digits_cond(tmp_path_factory):
                           "data.cond=true", "callbacks.final_report.num_samples=4", "sampler.num_steps=2")
 
 
-def torchrun(args: list[str], cwd: Path, run_dir: Path | None) -> subprocess.CompletedProcess:
-    """src/eval.py in 2 processes, as docs/scaling.md starts it."""
+def torchrun(args: list[str], cwd: Path, run_dir: Path | None, script: Path = ROOT / "src" / "eval.py",
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    """src/eval.py (or ``script``) in 2 processes, as docs/scaling.md starts it."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("EDMLAB_RUN_DIR", None)
     if run_dir is not None:
         env["EDMLAB_RUN_DIR"] = str(run_dir)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(ROOT / "src" / "eval.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def outputs(run_dir: Path) -> tuple[dict, dict]:
@@ -110,6 +110,57 @@ def test_two_processes_give_the_one_process_images_labels_and_scores_of_a_traine
     first, second = rb["fid_per_range"]
     assert abs(first) < 1e-6 * second and rb["fid"] == first and rb["config"]["seeds"] == "0-25"
     assert rb["is_mean"] == pytest.approx(inception_score_from_logits(expected["logits"])[0], rel=1e-6)
+
+
+BROKEN_SCORER = """
+import runpy, sys
+from edmlab.metrics import for_dataset
+
+calls = []
+
+def broken(self, points):
+    calls.append(len(points))
+    if len(calls) == 1:
+        raise RuntimeError("the scorer broke on purpose")
+    return {{"mixture_sliced_wasserstein": 0.5}}
+
+for_dataset.MixtureScore.__call__ = broken  # rank 0 alone scores: its first call raises
+sys.argv[0] = "{eval}"
+runpy.run_path("{eval}", run_name="__main__")
+"""
+
+
+def broken_scorer_script(tmp_path: Path) -> Path:
+    """src/eval.py with the mixture scorer (run by rank 0 alone, between collectives) raising on its first call."""
+    script = tmp_path / "eval_broken_scorer.py"
+    script.write_text(BROKEN_SCORER.format(eval=ROOT / "src" / "eval.py"))
+    return script
+
+
+def test_a_rank_zero_failure_between_collectives_stops_every_rank_with_its_error(tmp_path):
+    """Rank 0 scores alone between the gather and the next all-reduce; its error reaches rank 1 through one
+    collective instead of leaving rank 1 in the all-reduce until gloo's 30-minute timeout: both ranks exit with
+    the error within the test's timeout, and metrics.json records it."""
+    args = ["+launcher=torchrun", "ckpt=bench:ring8", "num_samples=8", "sampler.num_steps=4", "logger=none",
+            "metrics.ode_error=false", "grid_images=0"]
+    result = torchrun(args, tmp_path, tmp_path / "run", broken_scorer_script(tmp_path), timeout=150)
+    assert result.returncode != 0
+    assert "RuntimeError: the scorer broke on purpose" in result.stderr
+    assert "rank 0 of 2 failed (RuntimeError: the scorer broke on purpose); rank 1 stops" in result.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (record["status"], record["error"]) == ("failed", "RuntimeError: the scorer broke on purpose")
+
+
+def test_in_a_torchrun_multirun_a_failed_job_keeps_the_ranks_in_step_for_the_next(tmp_path):
+    """Both ranks record job 0's failure and go on together: job 1's collectives line up, it completes."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "+launcher=torchrun", "ckpt=bench:ring8", "num_samples=8", "sampler.num_steps=3,4", "logger=none",
+            "metrics.ode_error=false", "grid_images=0"]
+    result = torchrun(args, tmp_path, sweep, broken_scorer_script(tmp_path), timeout=150)
+    assert result.returncode == 1, result.stderr[-3000:]
+    failed, ok = (json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json")))
+    assert (failed["status"], failed["error"]) == ("failed", "RuntimeError: the scorer broke on purpose")
+    assert (ok["status"], ok["mixture_sliced_wasserstein"], ok["nfe"]) == ("ok", 0.5, 7)
 
 
 def test_ranks_with_clock_stamped_run_dirs_refuse_to_run(tmp_path):

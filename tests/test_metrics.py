@@ -39,25 +39,68 @@ def test_classifier_is_accurate_on_held_out_digits(metric):
 
 
 def test_real_floor_beats_noise_and_blur(metric, held_out):
-    floor = metric.real_floor()
-    noise = torch.randn(len(held_out), 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
-    noisy, blurred = metric(noise), metric(box_blur(held_out))
+    n = len(held_out)
+    floor = metric.real_floor(n)
+    noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    noisy, blurred = metric(noise), metric(box_blur(digits_arrays("train")[0][:n]))
     assert floor.fd < 0.1 * noisy.fd
     assert floor.fd < 0.1 * blurred.fd
     assert floor.precision > 0.8 and floor.recall > 0.8
-    assert noisy.precision < 0.3
+    assert noisy.precision < 0.5 * floor.precision and noisy.recall < 0.2
     assert floor.class_kl < 0.05 < noisy.class_kl
     assert sum(floor.class_histogram) == pytest.approx(1.0)
-    assert set(floor.scalars()) == {"fd", "precision", "recall", "class_kl", "class_entropy", "nn_distance"}
+    assert set(floor.scalars()) == {"num_images", "fd", "precision", "recall", "class_kl", "class_entropy",
+                                    "train_nn_distance", "near_copy_fraction"}
 
 
-def test_nn_distance_exposes_copies_of_the_training_set(metric, held_out):
+def test_samples_are_scored_against_the_held_out_split(metric, held_out):
+    """The reference is the held-out split: its own images score FD 0 and precision = recall = 1 (each point lies
+    in its own k-NN ball); the FD of any set is the Fréchet distance of its features' statistics to the held-out
+    ones, written here from the definitions."""
+    itself = metric(held_out)
+    assert abs(itself.fd) < 1e-9 and (itself.precision, itself.recall) == (1.0, 1.0)
+    train = digits_arrays("train")[0][:200]
+    x = metric.features(train).double().numpy()
+    y = metric.features(held_out).double().numpy()
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    s_x, s_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    w, v = np.linalg.eigh(s_x)
+    root_x = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root_x @ s_y @ root_x), 0, None)).sum()
+    expected = ((mu_x - mu_y) ** 2).sum() + np.trace(s_x) + np.trace(s_y) - 2 * tr_covmean
+    assert metric(train).fd == pytest.approx(expected, rel=1e-6)  # Schur sqrtm vs eigh: ~4e-8 apart here
+
+
+def test_the_floor_is_training_images_at_the_samples_count(metric):
+    """floor(n) scores the first n training images; FD and recall depend on n, so the floor is measured at n."""
+    train = digits_arrays("train")[0]
+    for n in (100, 297, 1000):
+        floor, direct = metric.real_floor(n), metric(train[:n])
+        assert floor.num_images == n
+        assert (floor.fd, floor.precision, floor.recall) == (direct.fd, direct.precision, direct.recall)
+    assert metric.real_floor(100).fd > metric.real_floor(1000).fd
+    assert metric.real_floor(5000).num_images == len(train) == 1500
+
+
+def test_near_copy_fraction_known_answers():
+    """d₁ < d₂/3 is a near copy: at 1 from 0 (d₂ = 9 from 10) yes; at 4 (d₂ = 6) no; at 2.4 (d₂ = 7.6) yes."""
+    train = torch.tensor([[0.0], [10.0], [30.0]])
+    median, fraction = digits.nearest_training_distances(torch.tensor([[1.0], [4.0], [2.4], [30.0]]), train)
+    assert fraction == 0.75 and median == pytest.approx(1.0)  # d₁ = 1, 4, 2.4, 0: torch's median is the lower middle
+
+
+def test_copies_of_the_training_set_show_as_near_copies_not_as_a_better_fd(metric, held_out):
+    """Copying the training set no longer beats the floor: the first 297 training images ARE the floor's set; they
+    are found as near copies (all but exact duplicates within the training set, where d₂ = d₁ = 0), held-out
+    digits are not."""
     train = digits_arrays("train")[0]
     copies = metric(train[: len(held_out)])
-    assert copies.nn_distance == 0.0
-    floor = metric.real_floor()
-    assert floor.nn_distance > 1.0
-    assert copies.fd < floor.fd
+    floor = metric.real_floor(len(held_out))
+    assert copies.fd == floor.fd and copies.train_nn_distance == 0.0
+    duplicated = (torch.cdist(train[:297].flatten(1), train.flatten(1)) == 0).sum(1) > 1
+    assert copies.near_copy_fraction == pytest.approx(1 - duplicated.double().mean().item(), abs=1e-12)
+    assert copies.near_copy_fraction > 0.95
+    assert floor.train_nn_distance > 1.0 and floor.near_copy_fraction < 0.05
 
 
 def test_training_is_deterministic(metric, cache_dir, tmp_path):

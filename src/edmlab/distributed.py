@@ -4,12 +4,16 @@ the results back together on rank 0. With one process (no WORLD_SIZE, or WORLD_S
 identity and torch.distributed is never touched."""
 import atexit
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+class PeerRankError(RuntimeError):
+    """Another rank failed: this one stops too, at the same point, instead of waiting in a collective forever."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,28 @@ class Ranks:
         dist.all_reduce(x, op=dist.ReduceOp.MIN)
         return bool(x)
 
-    def all_values(self, value: str) -> list[str]:
+    def agree(self, fn: Callable, *args, zero_only: bool = False, **kwargs):
+        """``fn(*args, **kwargs)`` on every rank (on rank 0 alone when ``zero_only``; None elsewhere), then one
+        collective where the ranks tell each other whether it raised: if it raised anywhere, it raises everywhere,
+        its own error on a failing rank and :class:`PeerRankError` naming the first failed rank and its error on
+        the others. Call it around local work that precedes a collective (``fn`` itself holds none), so that no
+        rank is left waiting for one that has failed."""
+        error, result = None, None
+        if self.is_zero or not zero_only:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks have heard of it
+                error = e
+        if self.world > 1:
+            messages = self.all_values(None if error is None else f"{type(error).__name__}: {error}")
+            failed = next(((r, m) for r, m in enumerate(messages) if m is not None), None)
+            if error is None and failed is not None:
+                raise PeerRankError(f"rank {failed[0]} of {self.world} failed ({failed[1]}); rank {self.rank} stops")
+        if error is not None:
+            raise error
+        return result
+
+    def all_values(self, value):
         """``value`` of every rank, in rank order."""
         if self.world == 1:
             return [value]

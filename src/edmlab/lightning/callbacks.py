@@ -82,7 +82,7 @@ class FinalReport(L.Callback):
         scorer = dataset_metric(trainer.datamodule.dataset) if trainer.datamodule is not None else None
         if scorer is not None:
             metrics.update(scorer(samples))
-            metrics["floor"] = scorer.floor
+            metrics["floor"] = scorer.floor(len(samples))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         flat = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         for logger in trainer.loggers:

@@ -1,21 +1,24 @@
 """Metrics for the embedded 8×8 digits, measured in the feature space of a small classifier trained on them.
 
 Inception-v3 does not see 8×8 one-channel digits meaningfully, so a CNN trained deterministically on the
-1,500-image train split plays its role (cached on disk, a few seconds on a CPU to retrain):
+1,500-image train split plays its role (cached on disk, a few seconds on a CPU to retrain). Samples are compared
+with the 297 images of the HELD-OUT split, which neither the generator nor the classifier saw, so copying the
+training set earns nothing:
 
 - ``fd``: Fréchet distance (Heusel et al. 2017, Eq. 6) between the penultimate features of the samples and of
-  the train split, "FID with a digits network".
+  the held-out split, "FID with a digits network".
 - ``class_histogram`` / ``class_kl`` / ``class_entropy``: the predicted class frequencies p, KL(p ‖ uniform) =
   Σ p log(10·p) and the entropy −Σ p log p (log 10 ≈ 2.303 for perfect balance); catches mode dropping.
 - ``precision`` / ``recall``: improved precision and recall (Kynkäänniemi et al. 2019, Eq. 1–2) with k = 3
-  nearest-neighbour balls around each real (precision) or generated (recall) feature vector.
-- ``nn_distance``: the median pixel-space L2 distance from each image to its nearest training image. Held-out real
-  digits give the generalising value; a generator that copies its training set goes toward 0 (and can then score an
-  FD below the real floor, which is measured on images the model never saw).
+  nearest-neighbour balls around each held-out (precision) or generated (recall) feature vector.
+- ``train_nn_distance``: the median pixel-space L2 distance d₁ from a sample to its nearest TRAINING image (0 for
+  copies), and ``near_copy_fraction``: the fraction of samples with d₁ < d₂/3, d₂ the distance to the second
+  nearest training image (the near-copy rule after Carlini et al. 2023, "Extracting training data from diffusion
+  models"): memorization as a number.
 
-:meth:`DigitsMetric.real_floor` scores the 297 held-out real digits the same way: what a perfect generator
-reaches with that many samples. Precision and recall depend on the sample count, so compare generators at
-297 samples against the floor.
+:meth:`DigitsMetric.real_floor` is what real data scores at the SAME number of images as the samples: the first N
+training images against the held-out split (FD, precision and recall depend on N, so the floor does too), and for
+the nearest-training-image scores the held-out images themselves (real digits that are not copies).
 """
 import contextlib
 import hashlib
@@ -34,6 +37,7 @@ from edmlab.data.digits import digits_arrays
 from edmlab.metrics.frechet import feature_statistics, frechet_distance
 
 NUM_CLASSES = 10
+NEAR_COPY_RATIO = 3  # a near copy: d₁ < d₂ / 3
 CACHE_FILE = "digits_classifier.pt"
 RECIPE = {
     "seed": 0, "epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "shift": 1, "feature_dim": 64,
@@ -169,6 +173,13 @@ def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     return dist.kthvalue(k + 1, dim=1).values
 
 
+def nearest_training_distances(samples: torch.Tensor, train: torch.Tensor) -> tuple[float, float]:
+    """(median d₁, fraction with d₁ < d₂/3): d₁, d₂ the L2 distances from each row of ``samples`` [N, P] to its
+    nearest and second-nearest row of ``train`` [M ≥ 2, P] (near copies, after Carlini et al. 2023)."""
+    d = torch.cdist(samples.double(), train.double()).topk(2, dim=1, largest=False).values
+    return d[:, 0].median().item(), (d[:, 0] < d[:, 1] / NEAR_COPY_RATIO).double().mean().item()
+
+
 def manifold_precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019, Eq. 1–2).
 
@@ -192,13 +203,15 @@ def class_balance(predicted: torch.Tensor) -> tuple[tuple[float, ...], float, fl
 
 @dataclass(frozen=True)
 class DigitsScores:
+    num_images: int
     fd: float
     precision: float
     recall: float
     class_kl: float
     class_entropy: float
     class_histogram: tuple[float, ...]
-    nn_distance: float
+    train_nn_distance: float
+    near_copy_fraction: float
 
     def scalars(self) -> dict[str, float]:
         """The scalar scores, for loggers."""
@@ -206,16 +219,18 @@ class DigitsScores:
 
 
 class DigitsMetric:
-    """Scores generated digits [N, 1, 8, 8] in [−1, 1] against the train split, in the classifier's feature space."""
+    """Scores generated digits [N, 1, 8, 8] in [−1, 1] against the held-out split, in the classifier's feature space,
+    and by their distance to the training images."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, k: int = 3):
         self.classifier = load_digits_classifier(cache_dir)
         self.k = k
-        train_images = digits_arrays("train")[0]
-        self.train_pixels = train_images.flatten(1)
-        self.train_features = self.features(train_images)
-        self.train_mu, self.train_sigma = feature_statistics(self.train_features)
-        self._floor: DigitsScores | None = None
+        self.train_images = digits_arrays("train")[0]
+        self.train_pixels = self.train_images.flatten(1)
+        self.held_out_images = digits_arrays("test")[0]
+        self.reference_features = self.features(self.held_out_images)
+        self.reference_mu, self.reference_sigma = feature_statistics(self.reference_features)
+        self._floors: dict[int, DigitsScores] = {}
 
     @staticmethod
     def _check(images: torch.Tensor) -> torch.Tensor:
@@ -240,26 +255,30 @@ class DigitsMetric:
         return (self.predict(images) == labels).double().mean().item()
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> DigitsScores:
-        images = self._check(images)
+    def _feature_scores(self, images: torch.Tensor) -> dict:
         if len(images) <= self.k:
             raise ValueError(f"digits metrics need more than k={self.k} images, got {len(images)}")
         feats = self.classifier.features(images)
         mu, sigma = feature_statistics(feats)
-        precision, recall = manifold_precision_recall(self.train_features, feats, self.k)
+        precision, recall = manifold_precision_recall(self.reference_features, feats, self.k)
         histogram, kl, entropy = class_balance(self.classifier.logits(feats).argmax(dim=1))
-        return DigitsScores(
-            fd=frechet_distance(mu, sigma, self.train_mu, self.train_sigma),
-            precision=precision,
-            recall=recall,
-            class_kl=kl,
-            class_entropy=entropy,
-            class_histogram=histogram,
-            nn_distance=torch.cdist(images.flatten(1), self.train_pixels).min(1).values.median().item(),
-        )
+        return dict(num_images=len(images), fd=frechet_distance(mu, sigma, self.reference_mu, self.reference_sigma),
+                    precision=precision, recall=recall, class_kl=kl, class_entropy=entropy,
+                    class_histogram=histogram)
 
-    def real_floor(self) -> DigitsScores:
-        """The scores of the 297 held-out real digits: what a perfect generator reaches."""
-        if self._floor is None:
-            self._floor = self(digits_arrays("test")[0])
-        return self._floor
+    def __call__(self, images: torch.Tensor) -> DigitsScores:
+        images = self._check(images)
+        nn_distance, near_copies = nearest_training_distances(images.flatten(1), self.train_pixels)
+        return DigitsScores(**self._feature_scores(images), train_nn_distance=nn_distance,
+                            near_copy_fraction=near_copies)
+
+    def real_floor(self, num_images: int) -> DigitsScores:
+        """What real digits score at ``num_images`` images (at most the 1,500 of the train split): the first
+        ``num_images`` training images against the held-out split (FD, precision, recall, class balance), and the
+        held-out images' own distances to the training set (``train_nn_distance``, ``near_copy_fraction``)."""
+        n = min(int(num_images), len(self.train_images))
+        if n not in self._floors:
+            nn_distance, near_copies = nearest_training_distances(self.held_out_images.flatten(1), self.train_pixels)
+            self._floors[n] = DigitsScores(**self._feature_scores(self.train_images[:n]),
+                                           train_nn_distance=nn_distance, near_copy_fraction=near_copies)
+        return self._floors[n]

@@ -1,0 +1,93 @@
+"""The settings of an evaluation job (conf/eval.yaml): checked before anything runs, resolved (device, σ grid)
+and summarised for metrics.json; the Hydra job it runs in."""
+import inspect
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..sampling import sample, time_steps
+from .subject import bench_presets
+
+SAVE_MODES = ("grid", "png", "npz")
+NOT_SAMPLER_SETTINGS = {"denoiser", "latents", "generator", "callback", "class_labels"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def need(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``."""
+    if not ok:
+        raise ValueError(message)
+
+
+def check_config(cfg: DictConfig) -> None:
+    need(not OmegaConf.is_missing(cfg, "ckpt") and cfg.ckpt not in (None, ""),
+         "ckpt is required: ckpt=<run dir | network.pt | checkpoints/last.ckpt> of src/train.py, or "
+         f"ckpt=bench:<preset> for the exact Gaussian-mixture denoiser ({', '.join(sorted(bench_presets()))})")
+    need(_is_int(cfg.num_samples) and cfg.num_samples >= 1, f"num_samples={cfg.num_samples!r} must be an integer >= 1")
+    need(_is_int(cfg.seeds) and cfg.seeds >= 0,
+         f"seeds={cfg.seeds!r} must be an integer >= 0 (image k uses seed seeds+k)")
+    need(_is_int(cfg.batch) and cfg.batch >= 1, f"batch={cfg.batch!r} must be an integer >= 1")
+    need(cfg.class_label is None or (_is_int(cfg.class_label) and cfg.class_label >= 0),
+         f"class_label={cfg.class_label!r} must be null (a random class per seed) or a class index >= 0")
+    need(cfg.save in SAVE_MODES, f"save={cfg.save!r}: choose one of {', '.join(SAVE_MODES)}")
+    need(_is_int(cfg.grid_images) and cfg.grid_images >= 0, f"grid_images={cfg.grid_images!r} must be an integer >= 0")
+    ranges = cfg.metrics.fid.seed_ranges
+    need(_is_int(ranges) and ranges >= 1, f"metrics.fid.seed_ranges={ranges!r} must be an integer >= 1 (EDM: 3)")
+    allowed = set(inspect.signature(sample).parameters) - NOT_SAMPLER_SETTINGS
+    unknown = sorted(set(cfg.sampler) - allowed)
+    need(not unknown, f"sampler.{unknown[0] if unknown else ''} is not an argument of edmlab.sample; "
+                      f"choose from {sorted(allowed)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:<index>") from None
+    need(device.type != "cuda" or torch.cuda.is_available(),
+         f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    return device
+
+
+def grid_kwargs(sampler_kwargs: dict, denoiser) -> dict:
+    """The arguments of ``time_steps`` among the sampler's."""
+    names = set(inspect.signature(time_steps).parameters) - {"num_steps", "denoiser"}
+    return {k: v for k, v in sampler_kwargs.items() if k in names} | {"denoiser": denoiser}
+
+
+def job_info() -> dict:
+    """The Hydra overrides and job number of the running job (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    info = {"overrides": list(hydra_cfg.overrides.task)}
+    num = OmegaConf.select(hydra_cfg, "job.num", default=None)
+    if num is not None:
+        info["job_num"] = int(num)
+    return info
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def config_summary(cfg: DictConfig, **resolved) -> dict:
+    """The settings of a job as given (every sampler setting, whatever it is), updated with ``resolved`` values
+    (the σ range actually used, ...)."""
+    summary = {"ckpt": str(cfg.ckpt) if not OmegaConf.is_missing(cfg, "ckpt") else None}
+    summary.update(OmegaConf.to_container(cfg.sampler, resolve=False))
+    summary.update(seeds=f"{cfg.seeds}-{cfg.seeds + cfg.num_samples * cfg.metrics.fid.seed_ranges - 1}"
+                   if _is_int(cfg.seeds) and _is_int(cfg.num_samples) and _is_int(cfg.metrics.fid.seed_ranges)
+                   else cfg.seeds,
+                   batch=cfg.batch, class_label=cfg.class_label)
+    return {**summary, **resolved}

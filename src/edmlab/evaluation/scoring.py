@@ -1,0 +1,86 @@
+"""The scores of a job's samples, by what the model was trained on:
+
+- digits: the digits-classifier Fréchet distance, precision/recall, class balance and near copies against the
+  held-out split, with the real floor at the same sample count (``edmlab.metrics.for_dataset``);
+- a Gaussian mixture (``data=mixture``, or ``bench:<preset>``): sliced Wasserstein and MMD to the true distribution
+  (and the exact-ODE error, ``reference.py``);
+- any image model with ``metrics.fid.ref``: Inception FID (``metrics.kid``, ``metrics.isc`` for KID and IS).
+  EDM's protocol: 50,000 images, reference statistics of the whole data set, the minimum FID over the seed
+  ranges 0–49999, 50000–99999, 100000–149999 (``metrics=fid50k``, i.e. ``metrics.fid.seed_ranges=3``).
+  FID needs no gathered images: the ranks all-reduce the sums of the features and of their centred outer
+  products; KID and IS gather the features or logits.
+"""
+import torch
+
+from ..distributed import Ranks, mean_covariance
+from ..images import to_uint8
+from .subject import Subject, component
+
+
+def dataset_scorer(subject: Subject, class_label: int | None):
+    """``samples → {name: value}`` with ``floor(n)`` for the subject's data, or None."""
+    from ..metrics.for_dataset import MixtureScore, dataset_metric
+
+    if subject.mixture is not None:
+        mixture = subject.mixture if class_label is None else component(subject.mixture, class_label)
+        return MixtureScore(mixture)
+    return dataset_metric(subject.dataset) if subject.dataset is not None else None
+
+
+class InceptionScores:
+    """FID (min over seed ranges), KID and IS of image samples, with torch-fidelity's Inception-v3."""
+
+    def __init__(self, mcfg, device, ranks: Ranks = Ranks()):
+        from ..metrics.frechet import load_statistics
+
+        fid = mcfg.fid
+        self.weights_path, self.batch, self.method, self.device = fid.weights_path, int(fid.batch), fid.method, device
+        self.ref = load_statistics(fid.ref) if fid.ref is not None else None
+        self.kid, self.isc, self.ranks = bool(mcfg.kid), bool(mcfg.isc), ranks
+        self.ref_features = None
+        if self.active:
+            from ..metrics.inception import resolve_weights
+
+            resolve_weights(self.weights_path)
+        if self.kid and ranks.is_zero:
+            from ..metrics.inception import inception_features
+            from ..metrics.ref_stats import load_uint8_images
+
+            if mcfg.ref_images is None:
+                raise ValueError("metrics.kid=true compares with real images: set metrics.ref_images=digits, "
+                                 "cifar10 (with metrics.ref_root) or a folder/ZIP of images")
+            real = load_uint8_images(str(mcfg.ref_images), str(mcfg.ref_root), max_images=mcfg.max_ref_images)
+            self.ref_features = inception_features(real, self.weights_path, self.batch, device)
+
+    @property
+    def active(self) -> bool:
+        return self.ref is not None or self.kid or self.isc
+
+    def outputs(self, images: torch.Tensor) -> dict:
+        """This rank's Inception features (``pool``) and logits of ``images`` in [−1, 1]."""
+        from ..metrics.inception import inception_outputs
+
+        return inception_outputs(to_uint8(images), self.weights_path, self.batch, self.device)
+
+    def scores(self, out: dict, first_range: bool) -> dict:
+        """The scores of every rank's ``outputs`` together (a collective): complete on rank 0, empty elsewhere.
+        The collectives come first, then rank 0 alone computes, so a failure there leaves no rank inside one."""
+        from ..metrics.frechet import frechet_distance
+        from ..metrics.inception import fid_from_features, inception_score_from_logits, kid_from_features
+
+        ranks = self.ranks
+        statistics = mean_covariance(out["pool"], ranks) if self.ref is not None and ranks.world > 1 else None
+        pool = ranks.gather_rows(out["pool"]) if first_range and self.kid else None
+        logits = ranks.gather_rows(out["logits"]) if first_range and self.isc else None
+        if not ranks.is_zero:
+            return {}
+        scores = {}
+        if statistics is not None:
+            scores["fid"] = frechet_distance(*statistics, *self.ref, method=self.method)
+        elif self.ref is not None:
+            scores["fid"] = fid_from_features(out["pool"], self.ref, self.method)
+        if pool is not None:
+            scores["kid_mean"], scores["kid_std"] = kid_from_features(pool, self.ref_features)
+        if logits is not None:
+            scores["is_mean"], scores["is_std"] = inception_score_from_logits(logits)
+        return scores

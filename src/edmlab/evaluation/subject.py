@@ -1,0 +1,71 @@
+"""What an evaluation job samples from: a trained network (``ckpt=<run>``) with the data set it was trained on,
+or the exact denoiser of a Gaussian-mixture bench (``ckpt=bench:<preset>``)."""
+from dataclasses import dataclass
+
+import torch
+
+from ..export import load
+from ..mixture import GaussianMixture
+
+BENCH = "bench:"
+SCORED_DATASETS = ("DigitsDataset", "PointsDataset")
+
+
+def bench_presets() -> dict:
+    from ..data.points import PRESETS
+
+    return PRESETS
+
+
+def bench_mixture(name: str) -> GaussianMixture:
+    """The exact mixture of ``ckpt=bench:<name>``."""
+    presets = bench_presets()
+    if name not in presets:
+        raise ValueError(f"unknown bench preset ckpt=bench:{name}; choose one of "
+                         f"{', '.join(f'bench:{p}' for p in sorted(presets))}")
+    return GaussianMixture(**presets[name]())
+
+
+def component(mixture: GaussianMixture, k: int) -> GaussianMixture:
+    """Component k alone: the data a denoiser conditioned on the one-hot class k generates."""
+    return GaussianMixture(mixture.means[k : k + 1], mixture.stds[k : k + 1])
+
+
+@dataclass
+class Subject:
+    """A denoiser with its sample shape and label count, the data set it was trained on (when the metrics know
+    it) and the exact mixture of that data (bench and points models)."""
+
+    denoiser: object
+    shape: tuple
+    label_dim: int
+    device: torch.device
+    kind: str
+    dataset: object = None
+    mixture: GaussianMixture | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+def training_dataset(config: dict | None):
+    """The training data set, rebuilt when a data-set metric exists for it (digits, mixture points), else None."""
+    from hydra.utils import instantiate
+
+    spec = ((config or {}).get("data") or {}).get("dataset")
+    if not isinstance(spec, dict) or str(spec.get("_target_", "")).rsplit(".", 1)[-1] not in SCORED_DATASETS:
+        return None
+    return instantiate(spec)
+
+
+def load_subject(ckpt: str, device: torch.device, class_label: int | None = None) -> Subject:
+    if ckpt.startswith(BENCH):
+        mixture = bench_mixture(ckpt[len(BENCH):])
+        label_dim = mixture.num_components if class_label is not None else 0
+        return Subject(mixture, (mixture.dim,), label_dim, torch.device("cpu"), ckpt, mixture=mixture)
+    denoiser = load(ckpt, device)
+    dataset = training_dataset(denoiser.training_config)
+    kind = type(dataset).__name__ if dataset is not None else "network"
+    return Subject(denoiser, tuple(denoiser.model_spec["shape"]), int(getattr(denoiser, "label_dim", 0)), device,
+                   kind, dataset, getattr(dataset, "mixture", None))
