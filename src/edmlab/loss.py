@@ -1,5 +1,8 @@
 """The denoising score-matching loss (EDM Eq. 8):  E_σ E_{y,n} λ(σ)·‖D(y + n; σ) − y‖²,
-σ ~ p_train, n ~ N(0, σ²I), with p_train and λ chosen independently of the preconditioning."""
+σ ~ p_train, n ~ N(0, σ²I), with p_train and λ chosen independently of the preconditioning.
+
+With a learned weighting (``LearnedWeighting``, EDM2 Eq. 21) each pixel's term is λ(σ)/e^{u(σ)}·(D − y)² + u(σ),
+u a function of the preconditioning's c_noise(σ)."""
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +14,8 @@ from .training_noise import NoiseDistribution
 @dataclass
 class LossOutput:
     """``loss``: Σ over pixels, mean over images (NVlabs/edm's reduction, so its learning rates carry over);
-    ``per_image``: that sum for each image [N]; ``sigma``: the σ each image was trained at [N]."""
+    ``per_image``: Σ over pixels of λ(σ)·(D − y)² for each image [N] (without a learned weighting's e^{u} and u, so
+    that it compares across weightings); ``sigma``: the σ each image was trained at [N]."""
 
     loss: torch.Tensor
     per_image: torch.Tensor
@@ -36,6 +40,20 @@ class DenoisingLoss:
         sigma_b = sigma.reshape(-1, *[1] * (images.ndim - 1))
         if noise is None:
             noise = torch.randn(images.shape, generator=generator, device=images.device)
+        u = self.log_variance(denoiser, sigma) if hasattr(self.weighting, "u") else None
         denoised = denoiser(images + noise * sigma_b, sigma, class_labels=class_labels, augment_labels=augment_labels)
         per_image = (self.weighting(sigma_b) * (denoised - images) ** 2).flatten(1).sum(1)
-        return LossOutput(per_image.mean(), per_image.detach(), sigma.detach())
+        if u is None:
+            return LossOutput(per_image.mean(), per_image.detach(), sigma.detach())
+        learned = per_image / u.exp() + u * images[0].numel()
+        return LossOutput(learned.mean(), per_image.detach(), sigma.detach())
+
+    def log_variance(self, denoiser, sigma: torch.Tensor) -> torch.Tensor:
+        """u(σ) [N] of a learned weighting, from the c_noise(σ) of ``denoiser``'s preconditioning."""
+        coefficients = getattr(denoiser, "coefficients", None)
+        if coefficients is None:
+            raise ValueError(f"loss_weighting=learned needs c_noise(σ) from the preconditioning, and "
+                             f"{type(denoiser).__name__} has no coefficients(σ): use an edmlab preconditioning "
+                             f"(preconditioning=edm/vp/ve/iddpm) or another loss_weighting")
+        c_noise = coefficients(sigma.to(torch.float32).reshape(-1, 1))[3]
+        return self.weighting.u(c_noise.reshape(-1)).reshape(sigma.shape)

@@ -1,6 +1,10 @@
 """Loss weightings λ(σ) (EDM Table 1, "Loss weighting" row). Paired with its preconditioning,
-λ(σ)·c_out(σ)² = 1: the network's effective target has unit weight at every σ."""
+λ(σ)·c_out(σ)² = 1: the network's effective target has unit weight at every σ. ``LearnedWeighting`` (EDM2)
+divides λ by a learned e^{u(σ)}."""
+import math
+
 import torch
+from torch import nn
 
 
 class LossWeighting:
@@ -25,3 +29,39 @@ class EDMWeighting(LossWeighting):
 
     def __call__(self, sigma):
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+
+class LearnedWeighting(nn.Module, LossWeighting):
+    """EDM2's uncertainty-based weighting (Eq. 21, after Kendall et al. 2018): the per-pixel loss
+    λ(σ)/e^{u(σ)}·(D − y)² + u(σ), whose minimum over u is at e^{u(σ)} = E[λ(σ)·(D − y)²], so the effective weight
+    1/e^{u} flattens the loss over σ as training proceeds. u(σ) = w·φ(c_noise(σ)) is one linear layer (no bias) on
+    fixed Fourier features φ_k(c) = √2·cos(2π(f_k·c + φ_k)), f_k ~ N(0, fourier_scale²), φ_k ~ U(0, 1) (EDM2's
+    MPFourier; ``fourier_scale`` 1 suits c_noise = ¼ ln σ, use ~0.01 for the VP/iDDPM c_noise up to 999).
+    c_noise comes from the preconditioning, λ from ``base`` (EDM's weighting by default). w starts at 0 (u ≡ 0),
+    where EDM2's magnitude-preserving layer starts at a random unit-norm w.
+    """
+
+    def __init__(self, base: dict | LossWeighting | None = None, num_features: int = 128, fourier_scale: float = 1.0,
+                 seed: int = 0, sigma_data: float = 0.5):
+        super().__init__()
+        if not (isinstance(num_features, int) and num_features >= 1):
+            raise ValueError(f"loss_weighting.num_features={num_features!r} must be a positive integer")
+        if isinstance(base, dict):
+            from .export import build
+
+            base = build(base)
+        self.base = base if base is not None else EDMWeighting(sigma_data)
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", fourier_scale * torch.randn(num_features, generator=g))
+        self.register_buffer("phases", torch.rand(num_features, generator=g))
+        self.linear = nn.Linear(num_features, 1, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def u(self, c_noise: torch.Tensor) -> torch.Tensor:
+        """u(σ) for c_noise(σ) of any shape (same shape out), in float32."""
+        c = c_noise.to(torch.float32).reshape(-1, 1)
+        features = math.sqrt(2) * torch.cos(2 * math.pi * (c * self.freqs + self.phases))
+        return self.linear(features).reshape(c_noise.shape)
+
+    def forward(self, sigma):
+        return self.base(sigma)

@@ -1,0 +1,107 @@
+"""Learned uncertainty loss weighting (EDM2 Eq. 21): e^{u(σ)} converges to the expected weighted loss at each σ."""
+import math
+
+import pytest
+import torch
+from conftest import compose
+
+from edmlab import DenoisingLoss, EDMWeighting, GaussianMixture
+from edmlab.loss_weighting import LearnedWeighting
+from edmlab.training_noise import EDMNoise
+
+S, SIGMA_D = 0.3, 0.5
+SIGMAS = [0.05, 0.2, 1.0, 5.0, 20.0]
+
+
+class NoisyIdealDenoiser(torch.nn.Module):
+    """The exact denoiser of N(0, S²I) plus a known offset ε(σ) = 0.1·σ on every coordinate; c_noise = ¼ ln σ."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixture = GaussianMixture(means=[[0.0, 0.0]], stds=S)
+
+    def coefficients(self, sigma):
+        return None, None, None, sigma.log() / 4
+
+    def forward(self, x, sigma, class_labels=None, augment_labels=None):
+        if getattr(self, "_cache", None) is None or not torch.equal(self._cache[0], x):
+            sigma = sigma.reshape(-1, 1)
+            self._cache = x, self.mixture.denoise(x.double(), sigma.double().flatten()).float() + 0.1 * sigma
+        return self._cache[1]
+
+
+def expected_weighted_loss(sigma):
+    """Per coordinate: λ(σ)·(S²σ²/(S² + σ²) + ε²), the posterior variance of a Gaussian plus the offset squared."""
+    lam = (sigma**2 + SIGMA_D**2) / (sigma * SIGMA_D) ** 2
+    return lam * (S**2 * sigma**2 / (S**2 + sigma**2) + (0.1 * sigma) ** 2)
+
+
+def test_exp_u_converges_to_the_expected_weighted_loss(one_cpu_thread):
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    sigma = torch.tensor(SIGMAS).repeat_interleave(n)
+    images = S * torch.randn(len(sigma), 2, generator=g)
+    noise = torch.randn(len(sigma), 2, generator=g)
+    weighting = LearnedWeighting(EDMWeighting(SIGMA_D))
+    loss_fn = DenoisingLoss(EDMNoise(), weighting)
+    denoiser = NoisyIdealDenoiser()
+    optimizer = torch.optim.Adam(weighting.parameters(), lr=0.05)
+    for step in range(300):
+        optimizer.zero_grad()
+        out = loss_fn(denoiser, images, sigma=sigma, noise=noise)
+        out.loss.backward()
+        optimizer.step()
+    per_pixel = out.per_image.reshape(len(SIGMAS), n) / 2
+    u = loss_fn.log_variance(denoiser, torch.tensor(SIGMAS)).detach()
+    # The optimum of λ/e^u·L + u over u is e^u = L: the sample's weighted loss, to optimisation accuracy …
+    torch.testing.assert_close(u.exp(), per_pixel.mean(1), rtol=2e-3, atol=0)
+    # … which is the closed-form expectation up to the sample's error: within 4 standard errors.
+    expected = torch.tensor([expected_weighted_loss(s) for s in SIGMAS])
+    standard_error = per_pixel.std(1) / math.sqrt(n)
+    assert ((per_pixel.mean(1) - expected).abs() < 4 * standard_error).all(), (per_pixel.mean(1), expected)
+    assert expected.max() / expected.min() > 10  # the weighting really has to vary over σ
+
+
+def test_learned_loss_is_the_formula():
+    """loss = mean over images of Σ_pixels [λ/e^u·(D − y)² + u]; per_image stays Σ λ·(D − y)²."""
+    weighting = LearnedWeighting(EDMWeighting(SIGMA_D), num_features=8)
+    torch.nn.init.normal_(weighting.linear.weight)
+    denoiser = NoisyIdealDenoiser()
+    sigma, images, noise = torch.tensor([0.1, 2.0, 30.0]), torch.randn(3, 2), torch.randn(3, 2)
+    out = DenoisingLoss(EDMNoise(), weighting)(denoiser, images, sigma=sigma, noise=noise)
+    lam = (sigma**2 + SIGMA_D**2) / (sigma * SIGMA_D) ** 2
+    err = ((denoiser(images + noise * sigma[:, None], sigma) - images) ** 2).sum(1)
+    c = (sigma.log() / 4)[:, None]
+    features = math.sqrt(2) * torch.cos(2 * math.pi * (c * weighting.freqs + weighting.phases))
+    u = (features * weighting.linear.weight[0]).sum(1)
+    torch.testing.assert_close(out.loss, (lam / u.exp() * err + 2 * u).mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.per_image, lam * err, rtol=1e-6, atol=0)
+
+
+def test_a_denoiser_without_c_noise_is_refused():
+    loss_fn = DenoisingLoss(EDMNoise(), LearnedWeighting())
+    mixture = GaussianMixture(means=[[0.0, 0.0]], stds=S)
+    with pytest.raises(ValueError, match="loss_weighting=learned needs c_noise.*GaussianMixture has no coefficients"):
+        loss_fn(mixture, torch.randn(4, 2), sigma=torch.ones(4))
+
+
+def test_learned_weighting_trains_with_the_network(tmp_path, one_cpu_thread):
+    """loss_weighting=learned with every preconditioning: u's parameters are in the optimizer, they move, and the
+    checkpoint holds them."""
+    from edmlab.lightning.run import build
+
+    for precond in ("edm", "vp"):
+        cfg = compose("train", ["loss_weighting=learned", f"preconditioning={precond}", "network.model_channels=8",
+                                "network.channel_mult=[1]", "batch_size=32", "duration_kimg=0.096",
+                                "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=csv",
+                                "trainer.log_every_n_steps=1", "callbacks=none", "trainer.enable_model_summary=false"],
+                      tmp_path / precond)
+        trainer, module, datamodule = build(cfg)
+        trainer.fit(module, datamodule=datamodule)
+        (params,) = [g["params"] for g in trainer.optimizers[0].param_groups]
+        assert any(p is module.loss_weighting.linear.weight for p in params)
+        assert module.loss_weighting.linear.weight.abs().sum() > 0
+        assert "loss_weighting.linear.weight" in module.state_dict()
+        logged = (tmp_path / precond / "csv").rglob("metrics.csv")
+        header = next(iter(logged)).read_text().splitlines()[0]
+        assert "learned_u/" in header and "loss_per_sigma/" in header
