@@ -98,7 +98,8 @@ def test_study_trains_evaluates_and_averages_over_seeds_keeping_a_failed_run(tmp
     """Two seeds of a good learning rate and a bad one: the bad run fails to train and is a failed row; the good
     ones are evaluated, and the mean table holds their mean ± s.e. with n = 2 (the exit code is 1)."""
     train = with_overrides(TINY, ["logger=csv", "duration_kimg=0.064", "callbacks.final_report.num_samples=8",
-                                  "sampler.num_steps=3", "optim.lr=2e-3,-1", "seed=0,1"])
+                                  "sampler.num_steps=3", "trainer.log_every_n_steps=1", "optim.lr=2e-3,-1",
+                                  "seed=0,1"])
     result = run_script("study.py", [*train, "--eval", "num_samples=32", "sampler.num_steps=3", "logger=none",
                                      "--dir", str(tmp_path / "study")], tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -115,6 +116,8 @@ def test_study_trains_evaluates_and_averages_over_seeds_keeping_a_failed_run(tmp
     assert float(mean["0.002"]["digits_fd_mean"]) == pytest.approx(sum(evaluated) / 2, rel=1e-9)
     assert float(mean["0.002"]["digits_fd_se"]) == pytest.approx(abs(evaluated[0] - evaluated[1]) / 2, rel=1e-9)
     assert "study report:" in result.stdout and (study / "digits_fd_mean.png").is_file()
+    trained = sorted(p.parent for p in (study / "train").glob("*/network.pt"))
+    assert len(trained) == 2 and all((run / "loss_per_sigma.png").is_file() for run in trained)  # Fig. 5a per run
 
 
 def test_study_refuses_its_own_folder_and_ckpt_options(tmp_path):
