@@ -76,3 +76,39 @@ class GuidedDenoiser:
                              f"the guide must be trained on the same data")
         guided = torch.lerp(reference.to(denoised.dtype), denoised, self.guidance)
         return torch.where(inside.reshape(-1, *[1] * (x.ndim - 1)), guided, denoised)
+
+
+class Unconditional:
+    """``denoiser`` called without class labels and reporting label_dim 0 (an edmlab Precond then feeds zeros,
+    the class-dropped input of a network trained with ``network.label_dropout``): the guide of classifier-free
+    guidance from the same network."""
+
+    def __init__(self, denoiser):
+        if not int(getattr(denoiser, "label_dim", 0) or 0):
+            raise ValueError("guide=uncond is classifier-free guidance, which needs a conditional model (data.cond=true, "
+                             "trained with network.label_dropout>0); this one is unconditional: guide it with "
+                             "another network (autoguidance) instead")
+        self.denoiser, self.label_dim = denoiser, 0
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["denoiser"], name)
+
+    def __call__(self, x, sigma, class_labels=None, **kwargs):
+        return self.denoiser(x, sigma, **kwargs)
+
+
+def load_guide(guide: str, denoiser, device="cpu"):
+    """The guide of ``src/eval.py guide=...``: ``uncond`` (the same network without labels, CFG) or a run dir /
+    network file / checkpoint read by ``edmlab.load`` (autoguidance: an earlier or smaller network)."""
+    if str(guide) == "uncond":
+        return Unconditional(denoiser)
+    from .export import load
+
+    return load(guide, device)
+
+
+def guided_nfe(guided: GuidedDenoiser, nfe: int) -> dict:
+    """Network evaluations per sample when the sampler made ``nfe`` calls per sample: the guide's are
+    nfe·(guide calls / denoiser calls)."""
+    guide = nfe * guided.calls["guide"] / max(guided.calls["denoiser"], 1)
+    return {"guide_nfe": guide, "network_nfe": nfe + guide}
