@@ -124,3 +124,14 @@ def test_study_refuses_its_own_folder_and_ckpt_options(tmp_path):
     result = run_script("study.py", ["seed=0,1", "hydra.sweep.dir=x"], tmp_path)
     assert result.returncode == 2 and "the study sets hydra.sweep.dir and ckpt itself" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("family", ["vp", "ve"])
+def test_family_presets_change_only_the_three_training_rows_of_the_digits_default(family, tmp_path):
+    """Claim (d) compares preconditioning + loss weighting + p_train at equal budget: nothing else may differ."""
+    default, edm, other = (preset(name, tmp_path) for name in ("digits", "family_edm", f"family_{family}"))
+    assert edm == default
+    assert under(changes(default, other), "preconditioning", "loss_weighting", "noise_distribution")
+    target = family.upper()
+    assert (other["preconditioning._target_"], other["loss_weighting._target_"], other["noise_distribution._target_"]) \
+        == (f"edmlab.{target}Precond", "edmlab.InverseVariance", f"edmlab.{target}Noise")
