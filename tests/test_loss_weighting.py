@@ -105,3 +105,19 @@ def test_learned_weighting_trains_with_the_network(tmp_path, one_cpu_thread):
         logged = (tmp_path / precond / "csv").rglob("metrics.csv")
         header = next(iter(logged)).read_text().splitlines()[0]
         assert "learned_u/" in header and "loss_per_sigma/" in header
+
+
+def test_edm2_preconditioning_trains_its_own_u_head():
+    """With preconditioning=edm2 the u(σ) of the loss is the network's logvar head (saved with the network, as
+    NVlabs/edm2), and the gradient reaches it."""
+    from edmlab.nets import EDM2Precond, EDM2UNet
+
+    torch.manual_seed(0)
+    net = EDM2Precond(EDM2UNet(8, 1, 1, model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[]))
+    weighting = LearnedWeighting()
+    loss_fn = DenoisingLoss(EDMNoise(), weighting)
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    out = loss_fn(net, torch.randn(3, 1, 8, 8), sigma=sigma, noise=torch.randn(3, 1, 8, 8))
+    out.loss.backward()
+    torch.testing.assert_close(loss_fn.log_variance(net, sigma), net.logvar(sigma), rtol=0, atol=0)
+    assert net.logvar_linear.weight.grad.abs().sum() > 0 and weighting.linear.weight.grad is None

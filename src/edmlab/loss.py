@@ -49,7 +49,10 @@ class DenoisingLoss:
         return LossOutput(learned.mean(), per_image.detach(), sigma.detach())
 
     def log_variance(self, denoiser, sigma: torch.Tensor) -> torch.Tensor:
-        """u(σ) [N] of a learned weighting, from the c_noise(σ) of ``denoiser``'s preconditioning."""
+        """u(σ) [N] of a learned weighting: the preconditioning's own u(σ) head when it has one (``logvar``,
+        EDM2's Precond, saved with the network), else the weighting's, from the preconditioning's c_noise(σ)."""
+        if callable(getattr(denoiser, "logvar", None)):
+            return denoiser.logvar(sigma).reshape(sigma.shape)
         coefficients = getattr(denoiser, "coefficients", None)
         if coefficients is None:
             raise ValueError(f"loss_weighting=learned needs c_noise(σ) from the preconditioning, and "
