@@ -189,9 +189,12 @@ def test_state_dict_names_and_order_are_nvlabs():
         "enc.8x8_block0", "dec.4x4_in0", "dec.8x8_block0", "dec.8x8_block1")]
 
 
-def test_augmentation_conditioning_is_refused_with_the_fix():
+def test_bad_arguments_are_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"augment_dim=9: train network=edm2 with augment=none"):
         EDM2UNet(img_resolution=8, in_channels=1, out_channels=1, augment_dim=9)
+    with pytest.raises(ValueError, match=r"EDM2UNet: 30 channels do not split into 4 attention heads \(channels_per_h"):
+        EDM2UNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=30, channel_mult=[1, 2],
+                 channels_per_head=7)
 
 
 def test_digits_sized_edm2_trains_through_train_py(tmp_path, one_cpu_thread):

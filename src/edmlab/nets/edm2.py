@@ -14,7 +14,9 @@ import math
 import torch
 from torch.nn.functional import dropout, silu
 
-from edmlab.nets.layers import _filter_2d, check_image_input, check_unet_args, conditioning_inputs, downsample_2x, upsample_2x
+from edmlab.nets.layers import (
+    _filter_2d, check_image_input, check_unet_args, conditioning_inputs, downsample_2x, upsample_2x,
+)
 from edmlab.preconditioning import EDMPrecond
 
 SILU_RMS = 0.596  # E[silu(x)²]^½ for x ~ N(0, 1)
@@ -109,6 +111,9 @@ class Block(torch.nn.Module):
         self.resample_filter = list(resample_filter)
         self.resample_mode = resample_mode
         self.num_heads = out_channels // channels_per_head if attention else 0
+        if self.num_heads and out_channels % self.num_heads:
+            raise ValueError(f"EDM2UNet: {out_channels} channels do not split into {self.num_heads} attention heads "
+                             f"(channels_per_head={channels_per_head}); pick a channels_per_head that divides them")
         self.dropout = dropout
         self.res_balance = res_balance
         self.attn_balance = attn_balance
