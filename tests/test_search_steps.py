@@ -1,0 +1,86 @@
+"""Searched time steps (``edmlab.search_steps``): the dynamic programme against brute force, the search against the
+analytic grids on a bench, and the steps file through ``discretization=custom``."""
+import itertools
+import json
+
+import pytest
+import torch
+
+import edmlab
+from edmlab import search_steps
+from edmlab.data.points import make_mixture
+
+SMALL = dict(latents=64, holdout=128, fine=25, teacher_substeps=2, iters=40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("steps") / "ipndm6.json"
+    record = search_steps.main(["ckpt=bench:mixture16", "solver=ipndm", "nfe=6", f"out={out}"]
+                               + [f"{k}={v}" for k, v in SMALL.items()])
+    return out, record
+
+
+def test_dp_path_is_the_cheapest_path_by_brute_force():
+    generator = torch.Generator().manual_seed(3)
+    cost = torch.rand(8, 8, generator=generator, dtype=torch.float64).triu(1)
+    cost = torch.where(cost > 0, cost, torch.full_like(cost, float("inf")))
+    for levels in (2, 3, 4, 6):
+        brute = min(((0, *middle, 7) for middle in itertools.combinations(range(1, 7), levels - 2)),
+                    key=lambda path: sum(float(cost[a, b]) for a, b in zip(path, path[1:])))
+        assert tuple(search_steps.dp_path(cost, levels)) == brute
+
+
+def test_teacher_states_follow_the_closed_form_path_of_a_gaussian():
+    # Data N(0, s²I): the ODE path is x(σ) = x(σ_0)·√((s² + σ²)/(s² + σ_0²)); the teacher must record it at its fine
+    # levels (a level off by one substep would be ~10% away).
+    gaussian = edmlab.GaussianMixture([[0.0, 0.0]], 0.5)
+    latents, labels = search_steps.draw_latents((2,), 16, seed=1)
+    t = search_steps.teacher(gaussian, latents, labels, 0.002, 80.0, fine=9, substeps=32)
+    s2 = 0.25
+    path = latents * 80.0 * ((s2 + t.sigmas**2) / (s2 + 80.0**2)).sqrt().reshape(-1, 1, 1)
+    torch.testing.assert_close(t.states, path, rtol=5e-4, atol=1e-6)
+    torch.testing.assert_close(t.endpoints, latents * 80.0 * (s2 / (s2 + 80.0**2)) ** 0.5, rtol=5e-4, atol=1e-6)
+    torch.testing.assert_close(t.denoised, s2 / (s2 + t.sigmas**2).reshape(-1, 1, 1) * t.states)
+
+
+def test_search_beats_every_analytic_grid_on_held_out_latents(searched):
+    _, record = searched
+    scores = record["holdout_error"]
+    best_analytic = min(scores[name]["median"] for name in search_steps.ANALYTIC)
+    assert scores["searched"]["median"] < 0.5 * best_analytic, scores
+    assert record["num_steps"] == len(record["sigmas"]) == 6 and record["final_step"] == "euler"
+
+
+def test_steps_file_round_trips_through_custom_discretization(searched):
+    out, record = searched
+    saved = json.loads(out.read_text())
+    assert (saved["solver"], saved["nfe"], saved["model"]) == ("ipndm", 6, "bench:mixture16")
+    mixture = make_mixture("mixture16")
+    z = torch.randn(32, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    from_file = edmlab.sample(mixture, z, solver="ipndm", discretization="custom", steps=str(out), nfe=6)
+    from_list = edmlab.sample(mixture, z, solver="ipndm", discretization="custom", steps=saved["sigmas"],
+                              final_step=saved["final_step"])
+    assert torch.equal(from_file, from_list)
+    seen = []
+    edmlab.sample(mixture, z, solver="ipndm", discretization="custom", steps=str(out),
+                  callback=lambda step: seen.append(step["sigma"]))
+    assert seen == pytest.approx(saved["sigmas"], rel=1e-15)
+    assert edmlab.nfe("ipndm", discretization="custom", steps=str(out), final_step=saved["final_step"]) == 6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["solver=ipndm"], r"ckpt is required: ckpt=<run dir \| network.pt \| bench:<preset>>"),
+    (["ckpt=bench:mixture16", "nfe=ten"], r"nfe='ten' is not a int"),
+    (["ckpt=bench:mixture16", "steps=5"], r"unknown argument 'steps=5': give key=value"),
+])
+def test_bad_arguments(argv, message):
+    with pytest.raises(ValueError, match=message):
+        search_steps.parse(argv)
+
+
+def test_unknown_bench_and_impossible_nfe():
+    with pytest.raises(ValueError, match=r"unknown bench preset ckpt=bench:nope"):
+        search_steps.load_model("bench:nope")
+    with pytest.raises(ValueError, match=r"solver='heun' cannot spend exactly nfe=4 calls"):
+        search_steps.search(make_mixture("mixture16"), (16,), solver="heun", nfe=4, final_step="euler", **SMALL)
