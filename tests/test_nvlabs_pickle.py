@@ -302,3 +302,29 @@ def test_a_network_keyword_edmlab_does_not_know_is_refused(tmp_path, marker):
     with pytest.raises(ValueError, match=rf"^{path}: the network was built with \['head_dim'\], which edmlab's "
                                          r"DhariwalUNet does not take"):
         edmlab.load(path)
+
+
+# --- fine-tuning from a pickle: src/train.py init_from= ------------------------------------------------------
+
+def test_train_init_from_a_pickle_starts_from_its_weights(tmp_path, marker, tiny):
+    from conftest import compose
+
+    from edmlab.lightning.run import build, model_spec
+
+    cfg = compose("train", tiny, tmp_path / "run")
+    _, module, datamodule = build(cfg)
+    spec = model_spec(cfg, datamodule)
+    D = random_denoiser(spec)
+    path = write_snapshot(tmp_path / "network-snapshot-000500.pkl", D, spec, marker)
+    _, module, _ = build(compose("train", [*tiny, f"init_from={path}", "network.dropout=0.3"], tmp_path / "run"))
+    for key, value in D.state_dict().items():
+        assert torch.equal(module.net.state_dict()[key], value), key
+        assert torch.equal(module.ema.state_dict()[key], value), key
+
+    other = {**spec, "shape": [3, 8, 8], "network_kwargs": {**spec["network_kwargs"], "in_channels": 3,
+                                                             "out_channels": 3}}
+    path = write_snapshot(tmp_path / "rgb.pkl", random_denoiser(other), other, marker)
+    with pytest.raises(ValueError, match=rf"^init_from={path} does not fit this run \(network\.in_channels: file 3 vs "
+                                         r"run 1; network\.out_channels: file 3 vs run 1; shape: file \[3, 8, 8\] vs "
+                                         r"run \[1, 8, 8\]\): choose the data, network"):
+        build(compose("train", [*tiny, f"init_from={path}"], tmp_path / "run"))

@@ -5,6 +5,7 @@ preconditioning, the data-dependent network keywords, the EMA weights and the re
 reads a Lightning checkpoint of ``edmlab.lightning.EDMModule`` (its EMA weights).
 """
 import importlib
+import inspect
 from pathlib import Path
 
 import torch
@@ -113,3 +114,36 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     denoiser.model_spec = model_spec
     denoiser.training_config = config if isinstance(config, dict) else None
     return denoiser.eval().requires_grad_(False).to(device)
+
+
+TRAINING_ONLY = ("dropout", "label_dropout")  # network keywords that do not change the weights
+
+
+def init_from(path: str | Path, model_spec: dict, *denoisers: torch.nn.Module) -> None:
+    """Fine-tuning: copy the weights of a trained network (network.pt, run dir, checkpoint or NVlabs ``.pkl``) into
+    ``denoisers`` built from ``model_spec``. The data shape, preconditioning and architecture must be the same
+    (dropout may differ); else a ValueError names each difference."""
+    source = load(path)
+    ours, other = _architecture(model_spec), _architecture(source.model_spec)
+    differ = [f"{k}: file {other.get(k)!r} vs run {ours.get(k)!r}" for k in sorted(set(ours) | set(other))
+              if ours.get(k) != other.get(k)]
+    if differ:
+        raise ValueError(f"init_from={path} does not fit this run ({'; '.join(differ[:6])}): choose the data, "
+                         f"network, preconditioning and augment options it was trained with")
+    state = source.state_dict()
+    for denoiser in denoisers:
+        load_weights(denoiser, state, path)
+
+
+def _architecture(model_spec: dict) -> dict:
+    """What fixes the weights' meaning: data shape, and the network's and preconditioning's keywords with their
+    defaults filled in (lists as lists)."""
+    out = {"shape": list(model_spec["shape"])}
+    for group, spec, extra in (("network", model_spec["network"], model_spec["network_kwargs"]),
+                               ("preconditioning", model_spec["preconditioning"], {})):
+        params = inspect.signature(resolve(spec["_target_"])).parameters.values()
+        given = {**{p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "model"},
+                 **{k: v for k, v in spec.items() if k != "_partial_"}, **extra}
+        out.update({f"{group}.{k}": list(v) if isinstance(v, tuple) else v for k, v in given.items()
+                    if k not in TRAINING_ONLY})
+    return out

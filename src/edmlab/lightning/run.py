@@ -122,6 +122,10 @@ def build(cfg: DictConfig):
                        optim=container["optim"], ema=container["ema"], sampler=container["sampler"],
                        batch_size=cfg.batch_size, seed=cfg.seed, config=container,
                        compile=bool(cfg.get("compile", False)), channels_last=bool(cfg.get("channels_last", False)))
+    if cfg.get("init_from"):
+        from ..export import init_from  # fine-tuning: the weights of a network.pt, run dir or NVlabs .pkl
+
+        init_from(cfg.init_from, spec, module.net, module.ema)
     return trainer, module, datamodule
 
 
