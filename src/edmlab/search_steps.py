@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .discretizations import edm_sigmas
-from .sampling import plan, sample
+from .sampling import plan, sample, sigma_steps
 
 ANALYTIC = ("edm", "logsnr", "time_uniform")
 
@@ -144,6 +144,27 @@ def summary(errors: torch.Tensor) -> dict:
     return {"median": float(errors.median()), "mean": float(errors.mean()), "rms": float(errors.square().mean().sqrt())}
 
 
+def sampler_options(solver: str, nfe: int, final_step=None, afs=None, max_order=None, denoiser=None,
+                    sigma_min: float = 0.002, sigma_max: float = 80.0) -> tuple[int, dict]:
+    """(levels N, ``edmlab.sample`` options) that spend exactly ``nfe`` calls with ``solver``."""
+    extra = {"max_order": max_order} if max_order else {}
+    chosen = plan(solver=solver, nfe=nfe, final_step=final_step, afs=afs, sigma_min=sigma_min, sigma_max=sigma_max,
+                  denoiser=denoiser, **extra)
+    return chosen.num_steps, {"solver": solver, "final_step": chosen.final_step, "afs": afs} | extra
+
+
+def search_grid(denoiser, tune: Teacher, levels: int, sampler: dict, iters: int = 300) -> tuple[list, list]:
+    """(GITS grid, refined grid) of ``levels`` noise levels for ``sampler`` on the teacher ``tune``."""
+    dp = tune.sigmas[dp_path(local_errors(tune), levels)].tolist()
+    return dp, refine(denoiser, tune, dp, sampler, iters)
+
+
+def analytic_grid(name: str, levels: int, sigma_min: float, sigma_max: float, denoiser=None) -> list[float]:
+    """The ``levels`` noise levels of an analytic discretization (time_uniform with ρ = 1)."""
+    return sigma_steps(levels, discretization=name, sigma_min=sigma_min, sigma_max=sigma_max, denoiser=denoiser,
+                       **({"rho": 1.0} if name == "time_uniform" else {}))[:-1].tolist()
+
+
 def search(denoiser, shape, *, solver: str = "ipndm", nfe: int = 10, final_step: str | None = None, afs=None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, label_dim: int = 0, latents: int = 256,
            holdout: int = 512, fine: int = 61, teacher_substeps: int = 4, iters: int = 300, seed: int = 0,
@@ -151,10 +172,7 @@ def search(denoiser, shape, *, solver: str = "ipndm", nfe: int = 10, final_step:
     """Search the grid of ``solver`` at ``nfe`` calls; returns the steps-file record (``sigmas`` and scores)."""
     lo = max(float(sigma_min), float(getattr(denoiser, "sigma_min", 0.0)))
     hi = min(float(sigma_max), float(getattr(denoiser, "sigma_max", math.inf)))
-    options = {"final_step": final_step, "afs": afs} | ({"max_order": max_order} if max_order else {})
-    chosen = plan(solver=solver, nfe=nfe, sigma_min=lo, sigma_max=hi, denoiser=denoiser, **options)
-    sampler = {"solver": solver, "final_step": chosen.final_step, "afs": afs} | (
-        {"max_order": max_order} if max_order else {})
+    levels, sampler = sampler_options(solver, nfe, final_step, afs, max_order, denoiser, lo, hi)
     log = log or (lambda text: None)
     started = time.perf_counter()
     tune = teacher(denoiser, *draw_latents(shape, latents, seed, label_dim), lo, hi, fine, teacher_substeps)
@@ -162,17 +180,13 @@ def search(denoiser, shape, *, solver: str = "ipndm", nfe: int = 10, final_step:
                    teacher_substeps)
     log(f"teacher: {latents} + {holdout} latents, {fine} fine levels × {teacher_substeps} Heun substeps "
         f"({time.perf_counter() - started:.1f} s)")
-    path = dp_path(local_errors(tune), chosen.num_steps)
-    dp = tune.sigmas[path].tolist()
-    refined = refine(denoiser, tune, dp, sampler, iters)
+    dp, refined = search_grid(denoiser, tune, levels, sampler, iters)
     scores = {"searched": summary(run(denoiser, held, refined, sampler)),
               "dp": summary(run(denoiser, held, dp, sampler))}
     for name in ANALYTIC:
-        grid = plan(discretization=name, num_steps=chosen.num_steps, sigma_min=lo, sigma_max=hi,
-                    denoiser=denoiser, **({"rho": 1.0} if name == "time_uniform" else {}))
-        scores[name] = summary(run(denoiser, held, grid.flow.schedule.sigma(grid.t_steps[:-1]).tolist(), sampler))
+        scores[name] = summary(run(denoiser, held, analytic_grid(name, levels, lo, hi, denoiser), sampler))
     log(f"search done in {time.perf_counter() - started:.1f} s")
-    return {"sigmas": refined, "solver": solver, "nfe": nfe, "final_step": chosen.final_step, "afs": afs,
+    return {"sigmas": refined, "solver": solver, "nfe": nfe, "final_step": sampler["final_step"], "afs": afs,
             "max_order": max_order, "num_steps": len(refined), "sigma_min": lo, "sigma_max": hi,
             "search": {"method": "GITS dynamic programming + Nelder-Mead on the mean endpoint error", "fine": fine,
                        "teacher": f"heun, {(fine - 1) * teacher_substeps} steps", "latents": latents,
