@@ -50,13 +50,13 @@ PRESETS = {  # name: (precond, arch, resolution, label_dim, extra network keywor
     "edm-cifar10-32x32-cond-ve": ("EDMPrecond", "ncsnpp", 32, 10, dict(augment_dim=9)),
     "edm-cifar10-32x32-uncond-vp": ("EDMPrecond", "ddpmpp", 32, 0, dict(augment_dim=9)),
     "edm-cifar10-32x32-uncond-ve": ("EDMPrecond", "ncsnpp", 32, 0, dict(augment_dim=9)),
-    "edm-{ffhq,afhqv2}-64x64-uncond-vp": ("EDMPrecond", "ddpmpp", 64, 0, dict(augment_dim=9, **CRES_64)),
-    "edm-{ffhq,afhqv2}-64x64-uncond-ve": ("EDMPrecond", "ncsnpp", 64, 0, dict(augment_dim=9, **CRES_64)),
+    "edm-ffhq|afhqv2-64x64-uncond-vp": ("EDMPrecond", "ddpmpp", 64, 0, dict(augment_dim=9, **CRES_64)),
+    "edm-ffhq|afhqv2-64x64-uncond-ve": ("EDMPrecond", "ncsnpp", 64, 0, dict(augment_dim=9, **CRES_64)),
     "edm-imagenet-64x64-cond-adm": ("EDMPrecond", "adm", 64, 1000, {}),
     "baseline-cifar10-32x32-uncond-vp": ("VPPrecond", "ddpmpp", 32, 0, {}),
     "baseline-cifar10-32x32-uncond-ve": ("VEPrecond", "ncsnpp", 32, 0, {}),
-    "baseline-{ffhq,afhqv2}-64x64-uncond-vp": ("VPPrecond", "ddpmpp", 64, 0, CRES_64),
-    "baseline-{ffhq,afhqv2}-64x64-uncond-ve": ("VEPrecond", "ncsnpp", 64, 0, CRES_64),
+    "baseline-ffhq|afhqv2-64x64-uncond-vp": ("VPPrecond", "ddpmpp", 64, 0, CRES_64),
+    "baseline-ffhq|afhqv2-64x64-uncond-ve": ("VEPrecond", "ncsnpp", 64, 0, CRES_64),
     "baseline-imagenet-64x64-cond-adm": ("iDDPMPrecond", "adm", 64, 1000, {}),
 }
 
@@ -97,7 +97,7 @@ def snapshot(modules, name: str, channels_override: int | None, seed: int, folde
                 augment_pipe=augment.AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
                                                  translate_frac=1),
                 dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path=f"{name}.zip"))
-    path = folder / f"{name.replace('{', '').replace('}', '').replace(',', '-')}.pkl"
+    path = folder / f"{name.replace('|', '-')}.pkl"
     with open(path, "wb") as f:
         pickle.dump(data, f)
     return net.eval(), path
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
             d_x, x_max, same, settings = sample_difference(modules, net, D, precond, label_dim, seeds, args.steps,
                                                            device)
             sampler = "edm_sampler" if precond == "EDMPrecond" else "ablation_sampler " + "/".join(settings.values())
-            print(f"| {name} | {precond}({net.model.__class__.__name__} {arch}) | {params / 1e6:.2f}M | {d_out:.1e} | "
+            print(f"| {name.replace('|', '/')} | {precond}({net.model.__class__.__name__} {arch}) | {params / 1e6:.2f}M | {d_out:.1e} | "
                   f"{d_max:.3g} | {d_x:.1e} | {x_max:.3g} | {sampler} | {'yes' if same else 'NO'} | "
                   f"{time.time() - start:.0f} |", flush=True)
             del net, D
