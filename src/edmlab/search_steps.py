@@ -8,7 +8,8 @@
 2. Dynamic programming (GITS): among the fine levels, the path σ_max = σ̃_0 > … > σ̃_{N−1} = σ_min of N levels whose
    summed local error is least; the local error of i → j is E_k‖x̃_j − Φ(x̃_i; σ̃_i → σ̃_j)‖ over the teacher states,
    Φ the first-order (DDIM) step x + (σ_j/σ_i − 1)(x − D(x; σ_i)), which reuses the teacher's D and costs no call.
-3. Refinement (LD3's objective, Tong et al. 2025, minimised without gradients): Nelder–Mead on the log-σ gaps of the
+3. Refinement (LD3's objective, Tong et al. 2025, minimised without gradients): from the best of the GITS grid and
+   the analytic grids (edm, logsnr, time_uniform) on the tuning latents, Nelder–Mead on the log-σ gaps of the
    interior levels, the objective being the mean endpoint distance E_k‖x_k − x*_k‖ of the actual solver run with
    ``edmlab.sample`` (its NFE, final step and AFS) against the teacher's endpoints x*_k.
 4. Score: the searched grid and every analytic grid at the same NFE, on ``holdout`` OTHER latents (median and mean
@@ -154,9 +155,13 @@ def sampler_options(solver: str, nfe: int, final_step=None, afs=None, max_order=
 
 
 def search_grid(denoiser, tune: Teacher, levels: int, sampler: dict, iters: int = 300) -> tuple[list, list]:
-    """(GITS grid, refined grid) of ``levels`` noise levels for ``sampler`` on the teacher ``tune``."""
+    """(GITS grid, refined grid) of ``levels`` noise levels for ``sampler`` on the teacher ``tune``; the refinement
+    starts from whichever of the GITS grid and the analytic grids has the least error on the teacher's latents."""
     dp = tune.sigmas[dp_path(local_errors(tune), levels)].tolist()
-    return dp, refine(denoiser, tune, dp, sampler, iters)
+    lo, hi = float(tune.sigmas[-1]), float(tune.sigmas[0])
+    starts = [dp] + [analytic_grid(name, levels, lo, hi, denoiser) for name in ANALYTIC]
+    start = min(starts, key=lambda grid: float(run(denoiser, tune, grid, sampler).mean()))
+    return dp, refine(denoiser, tune, start, sampler, iters)
 
 
 def analytic_grid(name: str, levels: int, sigma_min: float, sigma_max: float, denoiser=None) -> list[float]:
