@@ -177,7 +177,9 @@ def test_power_ema_run_snapshots_survive_resume_and_reconstruct(tmp_path, one_cp
         torch.testing.assert_close(y, x, rtol=0, atol=1e-5, msg=k)
 
 
-def test_phema_command_line(tmp_path, one_cpu_thread, capsys):
+def test_phema_command_line_and_eval(tmp_path, one_cpu_thread, capsys):
+    """python -m edmlab.phema writes loadable network files; src/eval.py reconstructs on the fly (ema.std) and
+    guides (guide=, guidance=)."""
     fit(tmp_path, "run", ["duration_kimg=0.128"])
     phema.main([str(tmp_path / "run"), "--std", "0.03,0.06", "--at-kimg", "0.1"])
     out = capsys.readouterr().out.split()
@@ -189,3 +191,25 @@ def test_phema_command_line(tmp_path, one_cpu_thread, capsys):
     assert "EMA std=0.3 is outside" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"at_kimg=0.01: the first snapshot of .* is at 0.064 kimg"):
         phema.load_snapshots(tmp_path / "run", at_kimg=0.01)
+
+    # src/eval.py ckpt=<run> ema.std=0.06 samples the network that the command above wrote.
+    from edmlab.evaluation import evaluate
+
+    common = ["num_samples=8", "sampler.num_steps=4", "logger=none", "grid_images=0", "save=npz",
+              "metrics.dataset=false"]
+    evaluate(compose("eval", [f"ckpt={tmp_path / 'run'}", "ema.std=0.06", "ema.at_kimg=0.1", *common],
+                     tmp_path / "on_the_fly"))
+    evaluate(compose("eval", [f"ckpt={out[1]}", *common], tmp_path / "from_file"))
+    np.testing.assert_array_equal(np.load(tmp_path / "on_the_fly" / "samples.npz")["images"],
+                                  np.load(tmp_path / "from_file" / "samples.npz")["images"])
+
+    # src/eval.py guide=<network file> guidance=w (autoguidance by an earlier EMA): w = 1 is the unguided sample,
+    # and metrics.json counts the guide's calls (every call for guidance_interval null).
+    for w in (1.0, 2.0):
+        record = evaluate(compose("eval", [f"ckpt={out[1]}", f"guide={out[0]}", f"guidance={w}", *common],
+                                  tmp_path / f"guided{w}"))
+        assert (record["nfe"], record["guide_nfe"], record["network_nfe"]) == (7, 7.0, 14.0)
+    unguided = np.load(tmp_path / "from_file" / "samples.npz")["images"]
+    np.testing.assert_array_equal(np.load(tmp_path / "guided1.0" / "samples.npz")["images"], unguided)
+    with pytest.raises(ValueError, match="guidance=2.0 needs guide="):
+        evaluate(compose("eval", [f"ckpt={out[1]}", "guidance=2.0", *common], tmp_path / "no_guide"))
