@@ -203,3 +203,21 @@ def test_bad_checkpoint_exits_2_with_one_clear_line(kind, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(path) in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sample_grid_places_image_k_at_row_k_div_nrow_on_a_white_border(tmp_path):
+    """5 constant 2×2 images in a 3-wide grid, each pixel drawn 2×: image k (uint8 value 10k + 10, as
+    (x·127.5 + 128) gives for x = (10k − 118)/127.5) at rows 1 + 3·(k // 3), columns 1 + 3·(k % 3), before
+    scaling; everything else white."""
+    from PIL import Image
+
+    from edmlab.images import save_grid
+
+    values = torch.tensor([10.0 * k + 10 for k in range(5)])
+    images = ((values - 128) / 127.5)[:, None, None, None].expand(5, 1, 2, 2)
+    picture = np.array(Image.open(save_grid(images, tmp_path / "grid.png", nrow=3, scale=2)))
+    expected = np.full((7, 10), 255, dtype=np.uint8)
+    for k, v in enumerate(values.int().tolist()):
+        r, c = 1 + 3 * (k // 3), 1 + 3 * (k % 3)
+        expected[r : r + 2, c : c + 2] = v
+    np.testing.assert_array_equal(picture, expected.repeat(2, 0).repeat(2, 1))

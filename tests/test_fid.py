@@ -21,7 +21,6 @@ from edmlab.metrics.frechet import (
 from edmlab.metrics.inception import (
     InceptionWeightsError,
     fid_from_features,
-    float_to_uint8,
     inception_features,
     inception_metrics,
     inception_outputs,
@@ -319,15 +318,17 @@ def test_wrong_weights_file_and_wrong_inputs(tmp_path, weights):
     torch.save({"fc.weight": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="bad.pth"):
         inception_features(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), weights_path=bad)
-    with pytest.raises(TypeError, match="float_to_uint8"):
+    with pytest.raises(TypeError, match=r"got torch.float32; convert images in \[-1, 1\] with edmlab.images.to_uint8"):
         inception_features(torch.zeros(2, 3, 8, 8), weights_path=weights)
     with pytest.raises(ValueError, match=r"\[N, 1 or 3, H, W\]"):
         inception_features(torch.zeros(2, 2, 8, 8, dtype=torch.uint8), weights_path=weights)
 
 
-def test_float_to_uint8_inverts_the_data_scaling():
+def test_to_uint8_inverts_the_data_scaling():
+    from edmlab.images import to_uint8
+
     u = torch.arange(256, dtype=torch.uint8)
-    torch.testing.assert_close(float_to_uint8(u.float() / 127.5 - 1), u)
+    torch.testing.assert_close(to_uint8(u.float() / 127.5 - 1), u)
 
 
 def test_ref_stats_cli_on_an_image_folder(tmp_path, weights, images, features):
@@ -347,3 +348,28 @@ def test_ref_stats_cli_on_an_image_folder(tmp_path, weights, images, features):
     np.testing.assert_allclose(sigma, sigma_direct, rtol=1e-4, atol=1e-9)
     with pytest.raises(FileNotFoundError, match="digits"):
         ref_stats.main(["--data", str(tmp_path / "absent"), "--dest", str(dest), "--weights", str(weights)])
+
+
+def test_fid_and_kid_agree_with_torchmetrics(weights, images, features):
+    """An independent implementation: torchmetrics' FrechetInceptionDistance runs its own copy of the Inception
+    forward pass (same random weights, TF1 resize), its own statistics and Fréchet distance (eigenvalues of Σ₁Σ₂);
+    its KernelInceptionDistance, given our features, its own polynomial-kernel MMD. KID subsets of the whole sets
+    make every subset the same, so the spread is 0; torchmetrics keeps KID features in float32 (rel. ~1e-6)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    noise, smooth = images
+    fid = FrechetInceptionDistance(feature_extractor_weights_path=str(weights), antialias=False)
+    fid.update(smooth, real=True)
+    fid.update(noise, real=False)
+    pool_noise, pool_smooth = features[0]["pool"], features[1]["pool"]
+    assert fid_from_features(pool_noise, feature_statistics(pool_smooth), method="eigh") == \
+        pytest.approx(float(fid.compute()), rel=1e-6)
+
+    kid = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=2, subset_size=len(noise))
+    kid.update(pool_smooth, real=True)
+    kid.update(pool_noise, real=False)
+    theirs, theirs_spread = kid.compute()
+    ours, spread = kid_from_features(pool_noise, pool_smooth, subsets=2)
+    assert ours == pytest.approx(float(theirs), rel=2e-5)
+    assert spread == 0.0 and abs(float(theirs_spread)) < 1e-5 * ours  # float32 sums in random subset order

@@ -1,39 +1,25 @@
-"""Conversions between the model's [−1, 1] images and 8-bit pictures, and sample grids."""
+"""Conversions between the model's [−1, 1] images and 8-bit pictures, and sample grids (torchvision's make_grid)."""
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[−1, 1] → uint8 as NVlabs/edm writes PNGs: (x·127.5 + 128) clipped to [0, 255]."""
-    return (images.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """A [N, C, H, W] batch in [−1, 1] as one uint8 H×W(×3) array, ``nrow`` images per row."""
-    x = to_uint8(images).cpu()
-    n, c, h, w = x.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
-    for k in range(n):
-        r, col = divmod(k, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = x[k]
-    grid = grid.permute(1, 2, 0).numpy()
-    return grid[..., 0] if c == 1 else grid
+    return (images.detach().to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Write ``image_grid`` as a PNG, each pixel enlarged ``scale``× (nearest) so 8×8 digits are legible."""
-    from PIL import Image
+    """A [N, C, H, W] batch in [−1, 1] as one PNG, ``nrow`` images per row (default ⌈√N⌉) on a white 1-pixel
+    border, each pixel enlarged ``scale``× (nearest) so 8×8 digits are legible."""
+    from torchvision.io import write_png
+    from torchvision.utils import make_grid
 
-    grid = image_grid(images, nrow)
-    picture = Image.fromarray(grid)
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    x = to_uint8(images).cpu()
+    grid = make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=1, pad_value=255)
+    grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    write_png(grid[:1] if x.shape[1] == 1 else grid, str(path))
     return path

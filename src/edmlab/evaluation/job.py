@@ -23,6 +23,7 @@ from ..distributed import Ranks, env_ranks, init_process_group, rank_device
 from ..generation import Drawn, draw
 from ..sampling import sigma_range, sigma_steps
 from ..solvers import nfe
+from ..threads import num_threads
 from .config import check_config, config_summary, grid_kwargs, in_multirun, job_info, need, resolve_device
 from .outputs import log_to_wandb, save_picture, save_samples, write_json
 from .reference import ode_error
@@ -30,19 +31,6 @@ from .scoring import InceptionScores, dataset_scorer
 from .subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def one_thread(enabled: bool = True):
-    """Point clouds are thousands of tiny tensor operations (the exact ODE solve calls the score ~1000 times):
-    on one CPU thread they run tens of times faster than with intra-op threading, which only adds overhead."""
-    threads = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()) -> tuple[dict | None, Path | None]:
@@ -66,7 +54,7 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     lo, hi = sigma_range(sampler_kwargs["discretization"], sampler_kwargs.get("sigma_min"),
                          sampler_kwargs.get("sigma_max"), subject.denoiser)
     sigma_start = float(sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))[0])
-    with one_thread(not subject.is_image):
+    with num_threads(None if subject.is_image else 1):  # points: thousands of tiny operations
         record, drawn = measure(cfg, subject, sampler_kwargs, sigma_start, ranks)
     if not ranks.is_zero:
         return None, None

@@ -17,7 +17,6 @@ from edmlab.metrics.frechet import (
 from edmlab.metrics.inception import (
     InceptionWeightsError,
     fid_from_features,
-    float_to_uint8,
     inception_features,
     inception_metrics,
     inception_outputs,
@@ -30,7 +29,7 @@ from edmlab.metrics.mixture import mmd, sliced_wasserstein
 __all__ = [
     "feature_statistics", "frechet_distance", "frechet_distance_to_features", "save_statistics", "load_statistics",
     "InceptionWeightsError", "inception_features", "inception_outputs", "inception_metrics", "fid_from_features",
-    "kid_from_features", "inception_score_from_logits", "float_to_uint8", "write_random_inception_weights",
+    "kid_from_features", "inception_score_from_logits", "write_random_inception_weights",
     "DigitsMetric", "DigitsScores", "load_digits_classifier", "manifold_precision_recall", "class_balance",
     "sliced_wasserstein", "mmd",
 ]

@@ -35,6 +35,7 @@ from torch import nn
 
 from edmlab.data.digits import digits_arrays
 from edmlab.metrics.frechet import feature_statistics, frechet_distance
+from edmlab.threads import num_threads
 
 NUM_CLASSES = 10
 NEAR_COPY_RATIO = 3  # a near copy: d₁ < d₂ / 3
@@ -83,13 +84,12 @@ def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -
 @contextlib.contextmanager
 def _deterministic_cpu():
     """Deterministic kernels on one thread for the duration of training; the caller's settings come back after."""
-    was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
     try:
-        yield
+        with num_threads(1):
+            yield
     finally:
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(was_deterministic)
 
 

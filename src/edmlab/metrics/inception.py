@@ -2,7 +2,7 @@
 
 torch-fidelity's ``FeatureExtractorInceptionV3`` is the TF ``inception-2015-12-05`` graph that NVlabs/edm and
 StyleGAN use: uint8 RGB in, bilinear resize to 299×299 the TF1 way, (x − 128)/128 inside. Grayscale is tiled to
-three channels (NVlabs/edm ``fid.py``). Float images in [−1, 1] become uint8 by (x·127.5 + 128).clip(0, 255).
+three channels (NVlabs/edm ``fid.py``). Float images in [−1, 1] become uint8 by ``edmlab.images.to_uint8``.
 
 Weights: ``weights_path`` (torch-fidelity's ``feature_extractor_weights_path``), otherwise torch.hub's cache
 ``<TORCH_HOME>/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``, otherwise a download by torch-fidelity
@@ -123,18 +123,13 @@ def inception_extractor(weights_path: str | os.PathLike | None = None, device: s
     return _EXTRACTORS[key]
 
 
-def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [−1, 1] → uint8 by (x·127.5 + 128).clip(0, 255), the NVlabs/edm conversion."""
-    return (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
 def _as_rgb_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if images.dtype != torch.uint8:
         raise TypeError(
             f"Inception input must be uint8 [N, C, H, W], got {images.dtype}; "
-            "convert images in [-1, 1] with edmlab.metrics.float_to_uint8"
+            "convert images in [-1, 1] with edmlab.images.to_uint8"
         )
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"Inception input must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")

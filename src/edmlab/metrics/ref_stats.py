@@ -13,7 +13,8 @@ import sys
 import torch
 
 from edmlab.metrics.frechet import feature_statistics, save_statistics
-from edmlab.metrics.inception import float_to_uint8, inception_features
+from edmlab.images import to_uint8
+from edmlab.metrics.inception import inception_features
 
 
 def load_uint8_images(data: str, root: str = "data", split: str | None = None, max_images: int | None = None):
@@ -33,10 +34,10 @@ def load_uint8_images(data: str, root: str = "data", split: str | None = None, m
 
         dataset = ImageFolderDataset(data, use_labels=False)
         count = len(dataset) if max_images is None else min(max_images, len(dataset))
-        return torch.stack([float_to_uint8(dataset[i][0]) for i in range(count)])
+        return torch.stack([to_uint8(dataset[i][0]) for i in range(count)])
     else:
         raise FileNotFoundError(f"--data {data!r} is neither 'digits', 'cifar10' nor an existing folder/ZIP of images")
-    return float_to_uint8(images[:max_images])
+    return to_uint8(images[:max_images])
 
 
 def compute_reference_statistics(images_uint8: torch.Tensor, weights_path=None, batch_size: int = 64, device="cpu"):
