@@ -8,6 +8,7 @@ import torch
 
 import edmlab
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 MIX = edmlab.GaussianMixture([[-1.0, 0.5, 0.0], [1.0, -0.5, 0.3]], [[0.5, 0.6, 0.4], [0.45, 0.5, 0.55]], [0.4, 0.6])
 
 
@@ -33,6 +34,83 @@ def algorithm_2(D, x_T, N=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, S_churn=
             x_next = x_hat + (t[i + 1] - t_hat) * (0.5 * d + 0.5 * d2)
         x = x_next
     return x
+
+
+def ablation_sampler(net, latents, randn_like, num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0,
+                     solver="heun", schedule="linear", scaling="none", epsilon_s=1e-3, alpha=1.0, S_churn=0.0,
+                     S_min=0.0, S_max=math.inf, S_noise=1.0):
+    """NVlabs/edm generate.py ``ablation_sampler`` (EDM discretization; the net has no round_sigma), written out."""
+    vp_sigma = lambda beta_d, beta_min: lambda t: (np.e ** (0.5 * beta_d * (t**2) + beta_min * t) - 1) ** 0.5  # noqa: E731
+    vp_sigma_deriv = lambda beta_d, beta_min: lambda t: 0.5 * (beta_min + beta_d * t) * (sigma(t) + 1 / sigma(t))  # noqa
+    vp_sigma_inv = lambda beta_d, beta_min: lambda sigma: ((beta_min**2 + 2 * beta_d * (sigma**2 + 1).log()).sqrt()  # noqa
+                                                           - beta_min) / beta_d
+    vp_beta_d = 2 * (np.log(sigma_min**2 + 1) / epsilon_s - np.log(sigma_max**2 + 1)) / (epsilon_s - 1)
+    vp_beta_min = np.log(sigma_max**2 + 1) - 0.5 * vp_beta_d
+    step_indices = torch.arange(num_steps, dtype=torch.float64)
+    sigma_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho)
+                                                                             - sigma_max ** (1 / rho))) ** rho
+    if schedule == "vp":
+        sigma, sigma_deriv, sigma_inv = (f(vp_beta_d, vp_beta_min) for f in (vp_sigma, vp_sigma_deriv, vp_sigma_inv))
+    else:
+        sigma, sigma_deriv, sigma_inv = (lambda t: t), (lambda t: 1), (lambda sigma: sigma)  # noqa: E731
+    if scaling == "vp":
+        s = lambda t: 1 / (1 + sigma(t) ** 2).sqrt()  # noqa: E731
+        s_deriv = lambda t: -sigma(t) * sigma_deriv(t) * (s(t) ** 3)  # noqa: E731
+    else:
+        s, s_deriv = (lambda t: 1), (lambda t: 0)  # noqa: E731
+    t_steps = sigma_inv(sigma_steps)
+    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+    t_next = t_steps[0]
+    x_next = latents.to(torch.float64) * (sigma(t_next) * s(t_next))
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        gamma = min(S_churn / num_steps, np.sqrt(2) - 1) if S_min <= sigma(t_cur) <= S_max else 0
+        t_hat = sigma_inv(sigma(t_cur) + gamma * sigma(t_cur))
+        x_hat = s(t_hat) / s(t_cur) * x_cur + (sigma(t_hat) ** 2 - sigma(t_cur) ** 2).clip(min=0).sqrt() * s(
+            t_hat) * S_noise * randn_like(x_cur)
+        h = t_next - t_hat
+        denoised = net(x_hat / s(t_hat), sigma(t_hat).reshape(1).expand(len(x_cur))).to(torch.float64)
+        d_cur = (sigma_deriv(t_hat) / sigma(t_hat) + s_deriv(t_hat) / s(t_hat)) * x_hat - sigma_deriv(t_hat) * s(
+            t_hat) / sigma(t_hat) * denoised
+        x_prime = x_hat + alpha * h * d_cur
+        t_prime = t_hat + alpha * h
+        if solver == "euler" or i == num_steps - 1:
+            x_next = x_hat + h * d_cur
+        else:
+            denoised = net(x_prime / s(t_prime), sigma(t_prime).reshape(1).expand(len(x_cur))).to(torch.float64)
+            d_prime = (sigma_deriv(t_prime) / sigma(t_prime) + s_deriv(t_prime) / s(t_prime)) * x_prime - sigma_deriv(
+                t_prime) * s(t_prime) / sigma(t_prime) * denoised
+            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
+    return x_next
+
+
+def _streams_noise(seeds):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    return lambda x: torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in gens])
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.75])
+@pytest.mark.parametrize("schedule,scaling", [("linear", "none"), ("vp", "vp")])
+def test_heun_alpha_equals_nvlabs_ablation_sampler(alpha, schedule, scaling):
+    z = latents(20, seed=4)
+    ours = edmlab.sample(MIX, z, alpha=alpha, schedule=schedule, scaling=scaling, num_steps=12, sigma_min=0.002,
+                         sigma_max=80.0)
+    theirs = ablation_sampler(MIX, z, torch.zeros_like, num_steps=12, alpha=alpha, schedule=schedule, scaling=scaling)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_churn_with_vp_schedule_and_scaling_equals_nvlabs_ablation_sampler(solver):
+    z = latents(16, seed=5)
+    seeds = list(range(300, 316))
+    churn = dict(S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003)
+    ours = edmlab.sample(MIX, z, solver=solver, schedule="vp", scaling="vp", num_steps=10, sigma_min=0.002,
+                         sigma_max=80.0, generator=edmlab.SeedStreams(seeds), **churn)
+    theirs = ablation_sampler(MIX, z, _streams_noise(seeds), num_steps=10, solver=solver, schedule="vp",
+                              scaling="vp", **churn)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert (ours - ablation_sampler(MIX, z, torch.zeros_like, num_steps=10, solver=solver, schedule="vp",
+                                    scaling="vp")).abs().max() > 0.01
 
 
 def test_heun_equals_algorithm_1():
@@ -141,6 +219,25 @@ def test_float32_latents_give_float32_samples():
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         edmlab.sample(MIX, latents(2), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(solver="euler", alpha=0.5), r"alpha=0.5 does not apply to solver='euler'; it is an option of heun"),
+    (dict(solver="ipndm", S_churn=40.0), r"S_churn=40.0 does not apply to solver='ipndm'; it is an option of euler, heun"),
+    (dict(solver="heun", max_order=2), r"max_order=2 does not apply to solver='heun'"),
+    (dict(solver="heun", rtol=1e-3), r"rtol=0.001 does not apply to solver='heun'; it is an option of adaptive")])
+def test_inapplicable_argument_is_an_error_naming_it(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        edmlab.sample(MIX, latents(2), **kwargs)
+
+
+def test_solver_functions_take_no_unknown_arguments():
+    flow = edmlab.make_flow()
+    t = edmlab.time_steps(4)
+    with pytest.raises(TypeError, match="S_churn"):
+        edmlab.sample_heun(MIX, latents(2) * 80, t, flow, S_churn=40)
+    with pytest.raises(TypeError, match="alpha"):
+        edmlab.sample_euler(MIX, latents(2) * 80, t, flow, alpha=0.5)
 
 
 def test_latents_of_wrong_dtype():
