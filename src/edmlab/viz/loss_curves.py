@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOSS, LEARNED = "loss_per_sigma/", "learned_u/"
+QUIET = ("hydra.", "trainer.", "callbacks.", "logger", "launcher")  # overrides left out of a run's label
 
 
 @dataclass
@@ -94,7 +95,7 @@ def span_label(run: Path, first: int, last: int) -> str:
 
         batch = OmegaConf.load(config).get("batch_size")
         if isinstance(batch, int):
-            return f"{first * batch / 1000:g}–{(last + 1) * batch / 1000:g} kimg"
+            return f"{first * batch / 1000:.3g}–{last * batch / 1000:.3g} kimg"
     return f"steps {first}–{last}"
 
 
@@ -119,7 +120,7 @@ def run_label(run: Path) -> str:
     if overrides.is_file():
         from omegaconf import OmegaConf
 
-        text = " ".join(str(o) for o in OmegaConf.load(overrides) if not str(o).startswith(("hydra.", "trainer.")))
+        text = " ".join(str(o) for o in OmegaConf.load(overrides) if not str(o).lstrip("+").startswith(QUIET))
         if text:
             return text if len(text) <= 60 else text[:57] + "..."
     return run.name
