@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .discretizations import DISCRETIZATIONS, custom_sigmas, default_sigma_range, discretize
+from .guidance import GuidedDenoiser
 from .registry import choose
 from .scalings import SCALINGS
 from .schedules import SCHEDULES
@@ -186,7 +187,7 @@ def _solver_options(solver: str, solve, given: dict) -> dict:
         elif value != NEUTRAL[name]:
             users = sorted(s for s, f in SOLVERS.items() if name in inspect.signature(f).parameters)
             shown = "S_churn={}".format(value.S_churn) if name == "churn" else f"{name}={value}"
-            raise ValueError(f"{shown} does not apply to solver={solver!r}: only {', '.join(users)} take it")
+            raise ValueError(f"{shown} does not apply to solver={solver!r}; it is an option of {', '.join(users)}")
     return options
 
 
@@ -200,7 +201,8 @@ def sample(denoiser, latents: torch.Tensor, *, solver: str = "heun", discretizat
            max_order: int | None = None, final_step: str | None = None, afs=None, rtol: float | None = None,
            atol: float | None = None, epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008,
            M: int = 1000, steps=None, generator=None, callback=None,
-           class_labels: torch.Tensor | None = None) -> torch.Tensor:
+           class_labels: torch.Tensor | None = None, guide=None, guidance: float = 1.0,
+           guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
     """Draw samples by solving EDM's probability-flow ODE (or its churned SDE) from σ_max to 0.
 
     ``denoiser(x, sigma)`` returns D(x; σ) for ``sigma`` of shape [N]; its optional ``sigma_min``,
@@ -210,14 +212,21 @@ def sample(denoiser, latents: torch.Tensor, *, solver: str = "heun", discretizat
     ``final_step``); ``max_order``, ``final_step``, ``afs``, ``rtol``/``atol`` as ``edmlab.solvers`` documents.
     ``discretization="custom"`` walks ``steps`` (a σ list, largest first, or a steps file of
     ``edmlab.search_steps``). ``generator`` feeds the churn noise: a ``torch.Generator``, or ``edmlab.SeedStreams``
-    for per-sample streams. ``callback`` receives a dict (i, sigma, x, denoised, …) after every step. Returns the
-    samples in the latents' dtype.
+    for per-sample streams. ``callback`` receives a dict (i, sigma, x, denoised, …) after every step. ``guide``:
+    a second denoiser, with D = D_guide + guidance·(D − D_guide) for σ in ``guidance_interval`` (None: all σ),
+    ``edmlab.guidance`` (wrap the denoiser in ``GuidedDenoiser`` yourself to count both networks' calls). Returns
+    the samples in the latents' dtype.
     """
     settings = dict(locals())
     if not isinstance(latents, torch.Tensor) or latents.dtype not in (torch.float32, torch.float64):
         got = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
         raise TypeError(f"latents must be a float32 or float64 tensor, got {got}")
     todo = plan(**{name: settings[name] for name in _PLAN_ARGS})
+    if guide is not None:
+        denoiser = GuidedDenoiser(denoiser, guide, guidance, guidance_interval)
+    elif guidance != 1.0 or guidance_interval is not None:
+        raise ValueError(f"guidance={guidance}, guidance_interval={guidance_interval} need a guide network: pass "
+                         f"guide=<denoiser> (or leave guidance=1)")
     solve = SOLVERS[todo.solver]
     extra = {"round_sigma": getattr(denoiser, "round_sigma", _identity), "generator": generator}
     extra = {k: v for k, v in extra.items() if k in inspect.signature(solve).parameters}

@@ -9,6 +9,8 @@ Every solver takes ``final_step`` and ``afs`` (``calls.py``). ``solver_calls`` i
 calls of a fixed-grid solver, ``steps_for_nfe`` its inverse, and ``nfe`` (re-exported as ``edmlab.nfe``) the calls
 of a whole ``edmlab.sample`` configuration.
 """
+import inspect
+
 from .adaptive import sample_adaptive
 from .calls import AFS, FINAL_STEPS, CountingDenoiser, DenoiserCalls, check_afs, check_final_step
 from .edm import Denoiser, sample_euler, sample_heun
@@ -53,9 +55,6 @@ def _fit(solver: str, nfe: int, rules, afs, order: int):
 def steps_for_nfe(solver: str, nfe: int, final_step: str | None, afs, order: int = 0) -> tuple[int, str]:
     """(N, final_step) spending exactly ``nfe`` calls: final_step as given, or the first of "euler", "none" that
     fits. A ValueError says why none fits and which nfe would."""
-    if solver == "adaptive":
-        raise ValueError(f"solver='adaptive' picks its steps from rtol/atol, so nfe={nfe} cannot be imposed: drop nfe "
-                         f"and set rtol/atol (its NFE is counted, see edmlab.CountingDenoiser)")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be an integer >= 1, got nfe={nfe!r}")
     rules = [check_final_step(final_step)] if final_step is not None else ["euler", "none"]
@@ -76,11 +75,15 @@ def steps_for_nfe(solver: str, nfe: int, final_step: str | None, afs, order: int
 
 def nfe(solver: str = "heun", num_steps: int | None = None, **sampler_kwargs) -> int:
     """Denoiser calls of ``edmlab.sample(denoiser, latents, solver=solver, num_steps=num_steps, **sampler_kwargs)``
-    (the same arguments; ``denoiser=`` for its σ range and round_sigma), e.g. 35 for EDM's 18-step Heun. The
-    adaptive solver's NFE follows from its tolerance: count it (``edmlab.CountingDenoiser``)."""
-    from ..sampling import plan
+    (the same keyword arguments; ``denoiser=`` for its σ range and round_sigma), e.g. 35 for EDM's 18-step Heun.
+    Arguments of ``sample`` that do not change the solver's calls (generator, callback, class_labels, guidance: a
+    guided call is one call of the guided denoiser) are accepted and ignored. The adaptive solver's NFE follows from
+    its tolerance: count it (``edmlab.CountingDenoiser``)."""
+    from ..sampling import plan, sample
 
-    result = plan(solver=solver, num_steps=num_steps, **sampler_kwargs)
+    known = inspect.signature(plan).parameters
+    ignored = set(inspect.signature(sample).parameters) - set(known)
+    result = plan(solver=solver, num_steps=num_steps, **{k: v for k, v in sampler_kwargs.items() if k not in ignored})
     if result.nfe is None:
         raise ValueError("solver='adaptive' has no NFE before it runs: count its calls with edmlab.CountingDenoiser")
     return result.nfe

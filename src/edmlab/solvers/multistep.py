@@ -152,12 +152,16 @@ def sample_deis(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int =
 
 
 def _dpmpp_steps(sigmas: list[float], n: int, order: int) -> list[Step]:
-    """DPM-Solver++ multistep in λ = −log σ with data prediction (Lu et al. 2022b, Algorithm 2 and App. B; α_t = 1,
-    σ_t = σ for EDM). h = λ_{i+1} − λ_i, r_k = h_{i−k}/h, φ_1 = e^{−h} − 1, φ_2 = φ_1/h + 1, φ_3 = φ_2/h − ½:
+    """DPM-Solver++ multistep in λ = −log σ with data prediction (Lu et al. 2022b, Eq. 9 with α_t = 1, σ_t = σ:
+    x_{i+1} = (σ_{i+1}/σ_i)·x_i + σ_{i+1}∫_{λ_i}^{λ_{i+1}} e^λ D dλ, D replaced by its polynomial interpolant).
+    h = λ_{i+1} − λ_i, r_k = h_{i−k}/h, φ_1 = e^{−h} − 1, φ_2 = φ_1/h + 1, φ_3 = φ_2/h − ½:
       1st: x_{i+1} = (σ_{i+1}/σ_i)·x_i − φ_1·D_i
-      2M : … − φ_1·D_i − ½φ_1·(D_i − D_{i−1})/r_0
-      3M : … − φ_1·D_i + φ_2·D1 − φ_3·D2, D1_k = (m_k − m_{k+1})/r_k, D1 = D1_0 + r_0/(r_0 + r_1)·(D1_0 − D1_1),
-           D2 = (D1_0 − D1_1)/(r_0 + r_1)."""
+      2M : … − φ_1·D_i − ½φ_1·(D_i − D_{i−1})/r_0                        (Algorithm 2)
+      3M : … − φ_1·D_i + φ_2·D1 − 2φ_3·D2, D1_k = (m_k − m_{k+1})/r_k, D1 = D1_0 + r_0/(r_0 + r_1)·(D1_0 − D1_1),
+           D2 = (D1_0 − D1_1)/(r_0 + r_1) ≈ h²D''/2: the exact integral of the quadratic interpolant.
+    The reference code (dpm-solver's ``multistep_dpm_solver_third_update``, k-diffusion's ``sample_dpmpp_3m_sde``
+    at η = 0) weights D2 by φ_3, not 2φ_3; measured on the smooth-mixture bench that makes it 2nd order (slope 2.0),
+    while 2φ_3 gives the 3rd order the method is named for (tests/test_solvers_multistep.py)."""
     lam = [-math.log(s) for s in sigmas[: n + 1]]
     steps = []
     for i in range(n):
