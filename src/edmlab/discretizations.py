@@ -4,12 +4,14 @@ grids. The final σ_N = 0 is appended by the sampler.
 
 Each function returns a float64 tensor of N noise levels, largest first.
 """
+import inspect
 import json
 import math
 from pathlib import Path
 
 import torch
 
+from .registry import choose
 from .schedules import VPSchedule
 
 DEFAULT_SIGMA_RANGE = {
@@ -140,19 +142,15 @@ def iddpm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, C_1: float 
     return u[index]
 
 
+ANALYTIC = {"edm": edm_sigmas, "ve": ve_sigmas, "vp": vp_sigmas, "iddpm": iddpm_sigmas, "logsnr": logsnr_sigmas,
+            "time_uniform": time_uniform_sigmas}
+
+
 def discretize(name: str, num_steps: int, sigma_min: float, sigma_max: float, *, rho: float = 7.0,
                epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000) -> torch.Tensor:
-    """The named analytic discretization's N noise levels (``rho`` is the time exponent of time_uniform)."""
-    if name == "logsnr":
-        return logsnr_sigmas(num_steps, sigma_min, sigma_max)
-    if name == "time_uniform":
-        return time_uniform_sigmas(num_steps, sigma_min, sigma_max, epsilon_s, rho)
-    if name == "edm":
-        return edm_sigmas(num_steps, sigma_min, sigma_max, rho)
-    if name == "ve":
-        return ve_sigmas(num_steps, sigma_min, sigma_max)
-    if name == "vp":
-        return vp_sigmas(num_steps, sigma_min, sigma_max, epsilon_s)
-    if name == "iddpm":
-        return iddpm_sigmas(num_steps, sigma_min, sigma_max, C_1, C_2, M)
-    raise ValueError(f"unknown discretization {name!r}: choose one of {sorted(DEFAULT_SIGMA_RANGE)}")
+    """The named analytic discretization's N noise levels (``ANALYTIC``), each given the parameters it takes
+    (``rho`` is also the time exponent of time_uniform)."""
+    grid = choose("discretization", name, ANALYTIC)
+    params = dict(rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
+    takes = inspect.signature(grid).parameters
+    return grid(num_steps, sigma_min, sigma_max, **{k: v for k, v in params.items() if k in takes})
