@@ -152,9 +152,11 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
     declared = inspect.signature(solve).parameters.get("max_order")
     order = ORDER.get(solver) or options.get("max_order") or (declared.default if declared else 0)
     if solver == "adaptive":
-        if num_steps is not None or nfe is not None or discretization == "custom":
-            raise ValueError(f"solver='adaptive' picks its own steps between sigma_max and sigma_min from rtol/atol: "
-                             f"drop num_steps={num_steps}, nfe={nfe} and discretization={discretization}")
+        fixed = {"num_steps": num_steps, "nfe": nfe, "discretization": "custom" if discretization == "custom" else None}
+        fixed = ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None)
+        if fixed:
+            raise ValueError(f"solver='adaptive' picks its own steps between sigma_max and sigma_min (the "
+                             f"discretization's range) from rtol/atol: drop {fixed}")
         num_steps = 2
     elif nfe is not None:
         levels = len(custom_sigmas(steps)) if discretization == "custom" else None

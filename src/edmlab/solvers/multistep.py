@@ -97,12 +97,15 @@ def sample_ipndm(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int 
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
 
 
+GAUSS_LEGENDRE_16 = np.polynomial.legendre.leggauss(16)
+
+
 def _lagrange_integrals(nodes, lo: float, hi: float, warp) -> tuple:
     """∫_lo^hi ℓ_j(warp(σ)) dσ for the Lagrange basis ℓ_j over ``nodes`` (in the warped variable), by composite
     Gauss–Legendre in log σ (16 nodes per piece of at most ½ in log σ: exact to rounding for these integrands)."""
     u_lo, u_hi = math.log(lo), math.log(hi)
     pieces = max(1, math.ceil(abs(u_hi - u_lo) / 0.5))
-    xi, w = np.polynomial.legendre.leggauss(16)
+    xi, w = GAUSS_LEGENDRE_16
     edges = np.linspace(u_lo, u_hi, pieces + 1)
     half = (edges[1:] - edges[:-1])[:, None] / 2
     u = ((edges[1:] + edges[:-1])[:, None] / 2 + half * xi).ravel()
