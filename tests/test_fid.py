@@ -278,7 +278,7 @@ def test_inception_metrics_pipeline(weights, images, features):
     assert out["fid"] == pytest.approx(low_rank_frechet(pool_noise, pool_smooth), rel=1e-3)
     assert out["kid_mean"] == pytest.approx(cubic_kernel_mmd2(pool_noise, pool_smooth), rel=1e-3)
     assert out["is_mean"] >= 1.0
-    with pytest.raises(ValueError, match="ref_images"):
+    with pytest.raises(ValueError, match=r"KID compares two image sets: pass ref_images \(uint8"):
         inception_metrics(noise, ref_stats=(np.zeros(2048), np.eye(2048)), metrics=("kid",), weights_path=weights)
 
 
@@ -320,7 +320,7 @@ def test_wrong_weights_file_and_wrong_inputs(tmp_path, weights):
         inception_features(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), weights_path=bad)
     with pytest.raises(TypeError, match=r"got torch.float32; convert images in \[-1, 1\] with edmlab.images.to_uint8"):
         inception_features(torch.zeros(2, 3, 8, 8), weights_path=weights)
-    with pytest.raises(ValueError, match=r"\[N, 1 or 3, H, W\]"):
+    with pytest.raises(ValueError, match=r"Inception input must be \[N, 1 or 3, H, W\], got shape \(2, 2, 8, 8\)"):
         inception_features(torch.zeros(2, 2, 8, 8, dtype=torch.uint8), weights_path=weights)
 
 
@@ -346,7 +346,7 @@ def test_ref_stats_cli_on_an_image_folder(tmp_path, weights, images, features):
     mu_direct, sigma_direct = feature_statistics(features[1]["pool"][:4])
     np.testing.assert_allclose(mu, mu_direct, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(sigma, sigma_direct, rtol=1e-4, atol=1e-9)
-    with pytest.raises(FileNotFoundError, match="digits"):
+    with pytest.raises(FileNotFoundError, match="is neither 'digits', 'cifar10' nor an existing folder/ZIP of images"):
         ref_stats.main(["--data", str(tmp_path / "absent"), "--dest", str(dest), "--weights", str(weights)])
 
 

@@ -142,9 +142,9 @@ def test_cache_dir_defaults_to_environment(monkeypatch, tmp_path):
 
 
 def test_bad_inputs_are_rejected(metric):
-    with pytest.raises(ValueError, match=r"\[N, 1, 8, 8\]"):
+    with pytest.raises(ValueError, match=r"digits metrics take a tensor \[N, 1, 8, 8\] in \[-1, 1\], got \(10, 3, 8, 8\)"):
         metric(torch.zeros(10, 3, 8, 8))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="generated digits contain NaN or inf; the sampler diverged"):
         metric(torch.full((10, 1, 8, 8), float("nan")))
 
 
@@ -247,9 +247,23 @@ def test_mmd_matches_closed_form_grows_with_shift_and_is_symmetric():
 
 
 def test_mixture_metric_inputs_are_checked():
-    with pytest.raises(ValueError, match="same dimension"):
+    with pytest.raises(ValueError, match="x and y must have the same dimension D, got 2 and 3"):
         mmd(torch.zeros(5, 2), torch.zeros(5, 3))
-    with pytest.raises(ValueError, match="bandwidths"):
+    with pytest.raises(ValueError, match=r"bandwidths must be a non-empty list of positive numbers, got \(0.0,\)"):
         mmd(torch.zeros(5, 2), torch.zeros(5, 2), bandwidths=(0.0,))
-    with pytest.raises(ValueError, match="num_projections"):
+    with pytest.raises(ValueError, match="num_projections must be ≥ 1, got 0"):
         sliced_wasserstein(torch.zeros(5, 2), torch.zeros(5, 2), num_projections=0)
+
+
+def test_mixture_floor_is_measured_at_the_samples_count():
+    """Exact draws against exact draws, N each: the finite-sample distance shrinks like 1/√N, so a floor measured
+    at 2,000 points and used for 100 would be ~4.5× too optimistic; floor(N) is measured at N."""
+    from edmlab.metrics.for_dataset import MixtureScore
+    from edmlab.mixture import GaussianMixture
+
+    score = MixtureScore(GaussianMixture(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.tensor([0.3, 0.3])))
+    small, large = score.floor(100), score.floor(2000)
+    assert (small["mixture_floor_num_samples"], large["mixture_floor_num_samples"]) == (100, 2000)
+    assert small["mixture_floor_sliced_wasserstein"] > 2.5 * large["mixture_floor_sliced_wasserstein"]
+    points = score.mixture.sample(100, torch.Generator().manual_seed(7))
+    assert set(score(points)) == {"mixture_sliced_wasserstein", "mixture_mmd"}
