@@ -1,8 +1,8 @@
 """scikit-learn's bundled 8×8 handwritten digits: the embedded default data set (no download).
 
 1,797 real images, one channel, integer intensities 0–16, mapped to [−1, 1] by x/8 − 1.
-A fixed held-out split (``HELD_OUT`` images chosen by a seeded permutation) gives the
-real-vs-real floor of the digits metrics.
+A fixed held-out split (``HELD_OUT`` images chosen by a seeded permutation) is the reference
+of the digits metrics (``edmlab.metrics.digits``).
 """
 import numpy as np
 import torch
