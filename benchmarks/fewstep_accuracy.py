@@ -59,7 +59,7 @@ def bench_rows(args) -> list[dict]:
                                 fine=61, substeps=4)
     print(f"teacher on {args.tune} tuning latents: {time.perf_counter() - started:.1f} s", flush=True)
     rows, searched = [], {}
-    for solver in [s for s in edmlab.SOLVERS if s != "adaptive"]:
+    for solver in [s for s in args.solvers if s != "adaptive"]:
         for nfe in args.nfe:
             try:
                 levels, sampler = search_steps.sampler_options(solver, nfe, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
@@ -78,7 +78,7 @@ def bench_rows(args) -> list[dict]:
                                  seconds=time.perf_counter() - begin))
             print(f"{solver} NFE {nfe}: " + ", ".join(f"{r['grid']} {r['median']:.3g}" for r in rows
                                                      if r["solver"] == solver and r["nfe"] == nfe), flush=True)
-    for rtol in (1e-2, 1e-3, 1e-4):
+    for rtol in (1e-2, 1e-3, 1e-4) if "adaptive" in args.solvers else ():
         counter = edmlab.CountingDenoiser(mixture)
         x = edmlab.sample(counter, latents, solver="adaptive", rtol=rtol, atol=rtol)
         errors = search_steps.endpoint_errors(x, exact)
@@ -158,9 +158,10 @@ def plot(rows, digits, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if digits else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), squeeze=False)
-    ax = axes[0, 0]
+    panels = [name for name, part in (("bench", rows), ("digits", digits)) if part]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    axes = dict(zip(panels, axes[0]))
+    ax = axes.get("bench")
     fixed = [r for r in rows if r["grid"] != "adaptive"]
     for color, solver in zip(plt.cm.tab10.colors, dict.fromkeys(r["solver"] for r in fixed)):
         for grid, style in (("best analytic", "--"), ("searched", "-")):
@@ -168,16 +169,18 @@ def plot(rows, digits, path: Path):
             by_nfe = {}
             for r in pick:
                 by_nfe[r["nfe"]] = min(by_nfe.get(r["nfe"], float("inf")), r["median"])
-            if by_nfe:
+            if by_nfe and ax is not None:
                 ax.plot(sorted(by_nfe), [by_nfe[n] for n in sorted(by_nfe)], style, marker="o", ms=3, color=color,
                         label=f"{solver} ({grid})")
-    reference = next(r for r in rows if (r["solver"], r["grid"], r["nfe"]) == ("heun", "edm", 35))
-    ax.axhline(reference["median"], color="k", lw=0.8, ls=":", label="Heun-35, EDM grid")
-    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="median ‖x − x*‖ (512 latents)",
-           title="mixture16 bench: endpoint error vs NFE")
-    ax.legend(fontsize=6, ncol=2)
+    if ax is not None:
+        reference = [r for r in rows if (r["solver"], r["grid"], r["nfe"]) == ("heun", "edm", 35)]
+        for r in reference:
+            ax.axhline(r["median"], color="k", lw=0.8, ls=":", label="Heun-35, EDM grid")
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="median ‖x − x*‖",
+               title="mixture16 bench: endpoint error vs NFE")
+        ax.legend(fontsize=6, ncol=2)
     if digits:
-        ax = axes[0, 1]
+        ax = axes["digits"]
         for solver, grid in dict.fromkeys((r["solver"], r["grid"]) for r in digits):
             pick = sorted((r["nfe"], r["fd"]) for r in digits if (r["solver"], r["grid"]) == (solver, grid))
             ax.plot(*zip(*pick), marker="o", label=f"{solver} / {grid}")
@@ -191,18 +194,23 @@ def plot(rows, digits, path: Path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latents", type=int, default=512, help="scored latents (default 512)")
-    parser.add_argument("--tune", type=int, default=256, help="latents the searched grids are tuned on (default 256)")
+    parser.add_argument("--tune", type=int, default=128, help="latents the searched grids are tuned on (default 128)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10, 15, 20, 35])
-    parser.add_argument("--search-max-nfe", type=int, default=20, help="search grids up to this NFE (default 20)")
-    parser.add_argument("--iters", type=int, default=150, help="Nelder–Mead evaluations per search (default 150)")
+    parser.add_argument("--solvers", nargs="+", default=list(edmlab.SOLVERS), choices=list(edmlab.SOLVERS),
+                        help="solvers of the bench (default: all of edmlab.SOLVERS)")
+    parser.add_argument("--search-max-nfe", type=int, default=10, help="search grids up to this NFE (default 10)")
+    parser.add_argument("--iters", type=int, default=60, help="Nelder–Mead evaluations per search (default 60)")
     parser.add_argument("--cache", type=Path, default=Path("outputs/bench/mixture16_exact.pt"),
                         help="cache of the exact endpoints (default outputs/bench/mixture16_exact.pt)")
+    parser.add_argument("--no-bench", action="store_true", help="skip the mixture16 bench (digits only)")
     parser.add_argument("--digits-run", type=Path, default=None, help="a digits run of src/train.py (make train)")
     parser.add_argument("--digits-samples", type=int, default=1000)
     parser.add_argument("--digits-nfe", type=int, nargs="+", default=[5, 6, 8, 10, 15, 20, 35])
     parser.add_argument("--digits-iters", type=int, default=60)
     parser.add_argument("--png", type=Path, default=Path("outputs/bench/fewstep_accuracy.png"))
-    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--csv", type=Path, default=None, help="also write every row to this CSV file")
+    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
+                        help="print the tables and plot of earlier --csv files (e.g. runs split by --solvers)")
     args = parser.parse_args(argv)
     if min(args.latents, args.tune, args.iters) < 1:
         parser.error("--latents, --tune and --iters must be >= 1")
@@ -211,19 +219,14 @@ def main(argv=None):
     nfes = sorted(set(args.nfe))
     args.nfe = nfes
     started = time.perf_counter()
-    rows = bench_rows(args)
-    digits = digits_rows(args) if args.digits_run is not None else []
-    reference = next(r for r in rows if (r["solver"], r["grid"], r["nfe"]) == ("heun", "edm", 35))
-    print(f"\n# Few-step accuracy on bench:mixture16 (8 modes, 16-D)\n\nmedian ‖x − x*‖ to the exact ODE endpoint "
-          f"(mode-flip rate) on {args.latents} latents; searched grids tuned on {args.tune} other latents "
-          f"({args.iters} Nelder–Mead evaluations each).\n")
-    print(bench_table(rows, nfes))
-    print("\n## Best solver / grid per NFE\n")
-    print(best_table(rows, nfes, reference))
-    adaptive = [r for r in rows if r["grid"] == "adaptive"]
-    print("\n## Adaptive (Bogacki–Shampine 3(2)), NFE counted\n")
-    print(_markdown(["solver", "NFE", "median", "flips"], [[r["solver"], f"{r['nfe']:g}", f"{r['median']:.4f}",
-                                                            f"{100 * r['flips']:.1f}%"] for r in adaptive]))
+    if args.from_csv:
+        rows, digits = read_rows(args.from_csv)
+        nfes = sorted({r["nfe"] for r in rows if r["grid"] != "adaptive"})
+    else:
+        rows = [] if args.no_bench else bench_rows(args)
+        digits = digits_rows(args) if args.digits_run is not None else []
+    if rows:
+        print_bench(rows, nfes, args)
     if digits:
         print(f"\n# Digits FD vs NFE ({args.digits_run}, {args.digits_samples} samples)\n")
         print(digits_table(digits, sorted(set(args.digits_nfe))))
@@ -236,6 +239,34 @@ def main(argv=None):
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows + digits)
+
+
+def read_rows(paths) -> tuple[list, list]:
+    """(bench rows, digits rows) of --csv files, numbers parsed."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    for r in rows:
+        for key in ("nfe", "levels", "median", "mean", "flips", "seconds", "fd"):
+            if r.get(key) not in (None, ""):
+                r[key] = float(r[key]) if key != "nfe" or r["grid"] == "adaptive" else int(r[key])
+    return [r for r in rows if r["table"] == "bench"], [r for r in rows if r["table"] == "digits"]
+
+
+def print_bench(rows, nfes, args):
+    reference = next((r for r in rows if (r["solver"], r["grid"], r["nfe"]) == ("heun", "edm", 35)), None)
+    print(f"\n# Few-step accuracy on bench:mixture16 (8 modes, 16-D)\n\nmedian ‖x − x*‖ to the exact ODE endpoint "
+          f"(mode-flip rate) on {args.latents} latents; searched grids tuned on {args.tune} other latents "
+          f"({args.iters} Nelder–Mead evaluations each).\n")
+    print(bench_table(rows, nfes))
+    if reference is not None:
+        print("\n## Best solver / grid per NFE\n")
+        print(best_table(rows, nfes, reference))
+    adaptive = [r for r in rows if r["grid"] == "adaptive"]
+    print("\n## Adaptive (Bogacki–Shampine 3(2)), NFE counted\n")
+    print(_markdown(["solver", "NFE", "median", "flips"], [[r["solver"], f"{r['nfe']:g}", f"{r['median']:.4f}",
+                                                            f"{100 * r['flips']:.1f}%"] for r in adaptive]))
 
 
 if __name__ == "__main__":
