@@ -44,13 +44,22 @@ class SampleGrid(L.Callback):
 
 class FinalReport(L.Callback):
     """At the end of training (rank 0): export ``network.pt`` (EMA weights + resolved config), draw
-    ``num_samples`` images into ``samples.png``, score them with the data set's metric, write ``metrics.json``."""
+    ``num_samples`` images when the data set has a metric (else only the ``grid_images`` shown), ``batch`` per
+    network call, into ``samples.png``, score them with the data set's metric, write ``metrics.json``."""
 
     def __init__(self, output_dir: str, num_samples: int = 1000, grid_images: int = 100, seed: int = 0,
-                 scale: int = 4):
+                 scale: int = 4, batch: int = 64):
+        for key, value, least in (("num_samples", num_samples, 1), ("grid_images", grid_images, 0),
+                                  ("batch", batch, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"callbacks.final_report.{key}={value!r} must be an integer >= {least}")
         self.output_dir, self.num_samples, self.grid_images = Path(output_dir), num_samples, grid_images
-        self.seed, self.scale = seed, scale
+        self.seed, self.scale, self.batch = seed, scale, batch
         self._start = None
+
+    def draw(self, module, count: int) -> torch.Tensor:
+        """Images of seeds ``seed … seed + count − 1``, ``batch`` at a time (the same images as in one batch)."""
+        return module.generate(range(self.seed, self.seed + count), batch=self.batch).float().cpu()
 
     def on_train_start(self, trainer, module):
         self._start, self._start_step = time.time(), trainer.global_step
@@ -60,8 +69,11 @@ class FinalReport(L.Callback):
         out = self.output_dir
         config = module.hparams.config
         save_network(out / "network.pt", module.ema, dict(module.hparams.model), config)
+        train_sec = time.time() - (self._start or time.time())
+        scorer = dataset_metric(trainer.datamodule.dataset) if trainer.datamodule is not None else None
+        count = self.num_samples if scorer is not None else min(self.num_samples, max(self.grid_images, 1))
         t0 = time.time()
-        samples = module.generate(range(self.seed, self.seed + self.num_samples)).float().cpu()
+        samples = self.draw(module, count)
         sample_sec = time.time() - t0
         if samples.ndim == 4:
             save_grid(samples[: self.grid_images], out / "samples.png", scale=self.scale)
@@ -70,16 +82,14 @@ class FinalReport(L.Callback):
 
             save_scatter(samples, out / "samples.png")
         metrics = {"step": trainer.global_step, "kimg": trainer.global_step * module.batch_size / 1000,
-                   "train_sec": time.time() - (self._start or t0) - sample_sec, "sample_sec": sample_sec,
-                   "num_samples": self.num_samples,
+                   "train_sec": train_sec, "sample_sec": sample_sec,
+                   "num_samples": count,
                    "nfe": nfe(module.hparams.sampler.get("solver", "heun"), module.hparams.sampler.get("num_steps", 18))}
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            metrics["train_loss"] = float(loss)
+        if getattr(module, "step_loss", None) is not None:
+            metrics["train_loss"] = module.step_loss  # the last step's per-pixel mean loss, as train/loss
         steps = trainer.global_step - getattr(self, "_start_step", 0)
         if metrics["train_sec"] > 0:
             metrics["images_per_sec"] = steps * module.batch_size / metrics["train_sec"]
-        scorer = dataset_metric(trainer.datamodule.dataset) if trainer.datamodule is not None else None
         if scorer is not None:
             metrics.update(scorer(samples))
             metrics["floor"] = scorer.floor(len(samples))

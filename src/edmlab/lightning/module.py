@@ -3,7 +3,15 @@ ramp-up, gradients through nan_to_num, and EDM's image-count EMA (NVlabs/edm tra
 
 Every random draw of a step is a function of (seed, step): σ and the noise of the whole *global* batch come from a
 generator seeded by the step, and each device takes its images' rows. A resumed run therefore repeats the draws
-of an uninterrupted one, and a run on W devices draws what a run on one device does.
+of an uninterrupted one, and a run on W devices draws what a run on one device does. The checkpoint stores
+cur_nimg, batch_size and the seeds; resuming with another batch_size or seed is refused (the LR and EMA schedules,
+the data order and every draw follow from them).
+
+Logged statistics are those of NVlabs/edm's training_stats 'Loss/loss': ``train/loss`` is the per-pixel mean of
+λ(σ)·‖D(y + n; σ) − y‖² over the images of the logged optimizer step (every micro-batch, every rank), and
+``loss_per_sigma/<lo>-<hi>`` the same mean per σ bin over the steps since the previous log (NaN if none fell in
+the bin). The optimised loss keeps
+NVlabs' reduction instead: the sum over pixels, mean over images (so its learning rates carry over).
 """
 import copy
 import math
@@ -44,8 +52,9 @@ class EDMModule(L.LightningModule):
         self.augment_pipe = build(augment) if augment else None
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        # Σ loss and count per σ bin since the last log, kept on the training device (no host sync per step).
-        self.register_buffer("_bins", torch.zeros(2, len(SIGMA_BINS) + 1), persistent=False)
+        # Σ per-pixel loss and image count, per σ bin since the last log (columns 0…9) and over the micro-batches of
+        # the current step (column 10), kept on the training device: one host sync and all-reduce per log.
+        self.register_buffer("_sums", torch.zeros(2, len(SIGMA_BINS) + 2), persistent=False)
         self.register_buffer("_bin_edges", SIGMA_BINS.clone(), persistent=False)
 
     def setup(self, stage: str):
@@ -90,25 +99,35 @@ class EDMModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
         out = self.loss_fn(self.net, images, labels, self.augment_pipe, sigma=sigma, noise=noise)
-        self._accumulate_bins(out.per_image / images[0].numel(), out.sigma)
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        self._accumulate(out.per_image / images[0].numel(), out.sigma)
         return out.loss
 
-    def _accumulate_bins(self, per_pixel_loss, sigma):
+    def _accumulate(self, per_pixel_loss, sigma):
+        """Add the images' per-pixel losses to their σ bin and to the step's column."""
+        per_pixel_loss = per_pixel_loss.detach().float()
+        ones = torch.ones_like(per_pixel_loss)
         index = torch.bucketize(sigma.detach(), self._bin_edges)
-        self._bins[0].index_add_(0, index, per_pixel_loss.detach().float())
-        self._bins[1].index_add_(0, index, torch.ones_like(per_pixel_loss, dtype=torch.float32))
+        for column in (index, torch.full_like(index, self._sums.shape[1] - 1)):
+            self._sums[0].index_add_(0, column, per_pixel_loss)
+            self._sums[1].index_add_(0, column, ones)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1):
+        """At the last micro-batch of every log_every_n_steps-th step (and of the last step): log the step's mean
+        loss and the per-σ means over all ranks, then start new bins; the step's column restarts every step."""
+        trainer = self.trainer
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
-        sums, counts = self._bins.tolist()
-        edges = [0.0] + SIGMA_BINS.tolist() + [math.inf]
-        stats = {f"loss_per_sigma/{edges[k]:.3g}-{edges[k + 1]:.3g}": sums[k] / counts[k]
-                 for k in range(len(edges) - 1) if counts[k] > 0}
-        if stats:
+        step = trainer.global_step
+        if step % max(trainer.log_every_n_steps, 1) == 0 or step >= trainer.max_steps:
+            sums, counts = trainer.strategy.reduce(self._sums.clone(), reduce_op="sum").tolist()
+            edges = [0.0] + SIGMA_BINS.tolist() + [math.inf]
+            stats = {f"loss_per_sigma/{edges[k]:.3g}-{edges[k + 1]:.3g}": sums[k] / counts[k] if counts[k] else math.nan
+                     for k in range(len(edges) - 1)}  # NaN: no image in that bin (not the previous log's value)
+            self.step_loss = sums[-1] / counts[-1]
+            self.log("train/loss", self.step_loss, prog_bar=True, on_step=True, on_epoch=False)
             self.log_dict(stats, on_step=True, on_epoch=False)
-        self._bins.zero_()
+            self._sums.zero_()
+        self._sums[:, -1] = 0
 
     def configure_optimizers(self):
         o = self.hparams.optim
@@ -135,10 +154,21 @@ class EDMModule(L.LightningModule):
         ema_update(self.ema, self.net, ema_beta(self.batch_size, cur_nimg, e["halflife_kimg"], e.get("rampup_ratio")))
         self.log_dict({"train/lr": lr, "train/kimg": (cur_nimg + self.batch_size) / 1000}, on_step=True, on_epoch=False)
 
+    def _run(self) -> dict:
+        """What a resumed run must share with the checkpoint (the schedules, data order and draws follow from it)."""
+        data = (self.hparams.config or {}).get("data") or {}
+        return {"batch_size": self.batch_size, "seed": self.seed, "data.seed": data.get("seed")}
+
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["edmlab"] = {"model": self.hparams.model, "config": self.hparams.config}
+        checkpoint["edmlab"] = {"model": self.hparams.model, "config": self.hparams.config,
+                                "run": {**self._run(), "cur_nimg": self.cur_nimg}}
 
     def on_load_checkpoint(self, checkpoint):
+        run = checkpoint.get("edmlab", {}).get("run", {})
+        for key, now in self._run().items():
+            if key in run and run[key] != now:
+                raise ValueError(f"the checkpoint was trained with {key}={run[key]} (at cur_nimg={run['cur_nimg']}), "
+                                 f"this run has {key}={now}: resume with {key}={run[key]}, or start a new run")
         saved = checkpoint.get("edmlab", {}).get("model")
         if saved is not None and saved != self.hparams.model:
             diff = {k: (saved.get(k), self.hparams.model.get(k)) for k in set(saved) | set(self.hparams.model)
@@ -147,9 +177,10 @@ class EDMModule(L.LightningModule):
                              f"the same network/preconditioning/data options, or start a new run")
 
     @torch.no_grad()
-    def generate(self, seeds, use_ema: bool = True, **overrides) -> torch.Tensor:
-        """Samples for a list of seeds (one stream per sample, as NVlabs/edm's generate.py), on the CPU."""
-        denoiser = self.ema if use_ema else self.net
-        return draw(denoiser, tuple(self.hparams.model.get("shape") or ()), seeds, batch=len(list(seeds)),
+    def generate(self, seeds, use_ema: bool = True, batch: int | None = None, **overrides) -> torch.Tensor:
+        """Samples for a list of seeds (one stream per sample, as NVlabs/edm's generate.py, so the images do not
+        depend on ``batch``: at most that many per network call, all at once when None), on the CPU."""
+        denoiser, seeds = self.ema if use_ema else self.net, list(seeds)
+        return draw(denoiser, tuple(self.hparams.model.get("shape") or ()), seeds, batch=batch or len(seeds),
                     sampler_kwargs={**self.hparams.sampler, **overrides}, device=self.device,
                     label_dim=getattr(denoiser, "label_dim", 0)).samples

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
@@ -35,6 +36,32 @@ def check_train_config(cfg: DictConfig) -> None:
     _need(cfg.sigma_data > 0, f"sigma_data={cfg.sigma_data} must be > 0")
     for key in ("compile", "channels_last"):
         _need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r} must be true or false")
+
+
+class _ZeroDenoiser:
+    """D(x; σ) = 0 with the network's attributes that the samplers read (σ range, σ rounding, σ_data)."""
+
+    def __init__(self, net):
+        for name in ("sigma_min", "sigma_max", "sigma_data", "round_sigma"):
+            if hasattr(net, name):
+                setattr(self, name, getattr(net, name))
+
+    def __call__(self, x, sigma, **kwargs):
+        return torch.zeros_like(x)
+
+
+def check_sampler(net, sampler: dict) -> None:
+    """Dry run of ``edmlab.sample`` with the run's sampler settings on a zero denoiser of the network's σ range and a
+    1-element latent: a bad sampler value (``sampler.rho=-1``, an unknown solver) fails before training, not in the
+    sample grids and the final report at the end of the run. New solvers and discretizations are checked alike."""
+    from ..sampling import sample
+
+    try:
+        sample(_ZeroDenoiser(net), torch.zeros(1, 1, dtype=torch.float64), **sampler,
+               generator=torch.Generator().manual_seed(0))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"sampler: {e} (the sample grids and the final report draw with these settings; fix "
+                          f"sampler.* or the solver/discretization/schedule/scaling option)") from e
 
 
 def world_size(trainer: L.Trainer) -> int:
@@ -83,15 +110,28 @@ def model_spec(cfg: DictConfig, datamodule) -> dict:
             "shape": list(datamodule.shape)}
 
 
+def instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` that raises the target's own error (the ValueError or FileNotFoundError that names
+    the value and the fix) rather than Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
+
+
 def instantiate_all(cfg: DictConfig, group: str) -> list:
     """The objects of a group of named ``_target_`` nodes (callbacks, logger)."""
     nodes = cfg.get(group) or {}
     for name, node in nodes.items():
         _need(node is None or "_target_" in node,
-              f"{group}.{name} has no _target_ (keys {sorted(node)}): the {group} option chosen does not define "
+              f"{group}.{name} has no _target_ (keys {sorted(node or {})}): the {group} option chosen does not define "
               f"{name}, yet something (an experiment preset?) sets {group}.{name}.*; pick a {group} option that has "
               f"it, or remove those keys")
-    return [hydra.utils.instantiate(node) for node in nodes.values() if node is not None]
+    return [instantiate(node) for node in nodes.values() if node is not None]
 
 
 def build(cfg: DictConfig):
@@ -111,7 +151,7 @@ def build(cfg: DictConfig):
     trainer = hydra.utils.instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False)
     micro, rounds = batch_split(cfg.batch_size, cfg.batch_gpu, world_size(trainer))
     trainer.accumulate_grad_batches = rounds
-    datamodule = hydra.utils.instantiate(cfg.data, batch_size=micro)
+    datamodule = instantiate(cfg.data, batch_size=micro)
     spec = model_spec(cfg, datamodule)
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                  for k, v in cfg.items_ex(resolve=True) if k != "hydra"}
@@ -126,6 +166,7 @@ def build(cfg: DictConfig):
         from ..export import init_from  # fine-tuning: the weights of a network.pt, run dir or NVlabs .pkl
 
         init_from(cfg.init_from, spec, module.net, module.ema)
+    check_sampler(module.net, container["sampler"])
     return trainer, module, datamodule
 
 

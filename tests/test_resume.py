@@ -1,0 +1,73 @@
+"""Resume: ``2N steps == N steps + resume + N steps`` exactly (weights, EMA, every optimizer state entry, the step
+count), with and without gradient accumulation; a checkpoint of another model, batch size or seed is refused.
+The 2-process (DDP) resume is in test_distributed.py."""
+import pytest
+import torch
+from conftest import TINY, compose, with_overrides
+
+from edmlab.lightning.run import build
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+COMMON = with_overrides(TINY, ["callbacks.final_report=null", "network.dropout=0.1", "augment=edm",
+                               "callbacks.checkpoint.every_n_train_steps=4", "logger=none"])
+
+
+def fit(tmp_path, overrides, name):
+    cfg = compose("train", with_overrides(COMMON, overrides), tmp_path / name)
+    trainer, module, datamodule = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return tmp_path / name / "checkpoints" / "last.ckpt"
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Equal to the last bit, dict entries compared by key (so a missing or extra entry fails)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, set(a) ^ set(b))
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=where)
+    else:
+        assert a == b, (where, a, b)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("accumulate", [[], ["batch_gpu=16"]], ids=["one_batch", "batch_gpu"])
+def test_exact_resume(accumulate, tmp_path):
+    """Weights, EMA, Adam's step/exp_avg/exp_avg_sq and param groups, the step and cur_nimg: noise draws, dropout,
+    augmentation and data order all continue where the first run stopped."""
+    straight = load(fit(tmp_path, accumulate + ["duration_kimg=0.256"], "straight"))
+    first = fit(tmp_path, accumulate + ["duration_kimg=0.128"], "first")
+    resumed = load(fit(tmp_path, accumulate + ["duration_kimg=0.256", f"ckpt_path={first}"], "second"))
+    assert straight["global_step"] == resumed["global_step"] == 8
+    assert straight["edmlab"]["run"] == resumed["edmlab"]["run"] == \
+        {"batch_size": 32, "seed": 0, "data.seed": 0, "cur_nimg": 256}
+    assert_same(straight["state_dict"], resumed["state_dict"], "state_dict")
+    assert len(straight["optimizer_states"]) == 1
+    assert_same(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    assert set(straight["optimizer_states"][0]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    return fit(tmp_path_factory.mktemp("first"), ["duration_kimg=0.064"], "a")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("network.model_channels=8", "another model"),
+    ("batch_size=64", r"trained with batch_size=32 \(at cur_nimg=64\), this run has batch_size=64: resume with "
+                      r"batch_size=32"),
+    ("seed=1", "trained with seed=0 .*this run has seed=1"),
+    ("data.seed=5", "trained with data.seed=0 .*this run has data.seed=5")])
+def test_resume_with_another_model_batch_size_or_seed_is_refused(override, match, first_run, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        fit(tmp_path, ["duration_kimg=0.256", override, f"ckpt_path={first_run}"], "b")
+    assert not (tmp_path / "b" / "checkpoints").exists()
