@@ -40,9 +40,9 @@ def ablation_sampler(net, latents, randn_like, num_steps=18, sigma_min=0.002, si
                      solver="heun", schedule="linear", scaling="none", epsilon_s=1e-3, alpha=1.0, S_churn=0.0,
                      S_min=0.0, S_max=math.inf, S_noise=1.0):
     """NVlabs/edm generate.py ``ablation_sampler`` (EDM discretization; the net has no round_sigma), written out."""
-    vp_sigma = lambda beta_d, beta_min: lambda t: (np.e ** (0.5 * beta_d * (t**2) + beta_min * t) - 1) ** 0.5  # noqa: E731
-    vp_sigma_deriv = lambda beta_d, beta_min: lambda t: 0.5 * (beta_min + beta_d * t) * (sigma(t) + 1 / sigma(t))  # noqa
-    vp_sigma_inv = lambda beta_d, beta_min: lambda sigma: ((beta_min**2 + 2 * beta_d * (sigma**2 + 1).log()).sqrt()  # noqa
+    vp_sigma = lambda beta_d, beta_min: lambda t: (np.e ** (0.5 * beta_d * (t**2) + beta_min * t) - 1) ** 0.5
+    vp_sigma_deriv = lambda beta_d, beta_min: lambda t: 0.5 * (beta_min + beta_d * t) * (sigma(t) + 1 / sigma(t))
+    vp_sigma_inv = lambda beta_d, beta_min: lambda sigma: ((beta_min**2 + 2 * beta_d * (sigma**2 + 1).log()).sqrt()
                                                            - beta_min) / beta_d
     vp_beta_d = 2 * (np.log(sigma_min**2 + 1) / epsilon_s - np.log(sigma_max**2 + 1)) / (epsilon_s - 1)
     vp_beta_min = np.log(sigma_max**2 + 1) - 0.5 * vp_beta_d
@@ -52,12 +52,12 @@ def ablation_sampler(net, latents, randn_like, num_steps=18, sigma_min=0.002, si
     if schedule == "vp":
         sigma, sigma_deriv, sigma_inv = (f(vp_beta_d, vp_beta_min) for f in (vp_sigma, vp_sigma_deriv, vp_sigma_inv))
     else:
-        sigma, sigma_deriv, sigma_inv = (lambda t: t), (lambda t: 1), (lambda sigma: sigma)  # noqa: E731
+        sigma, sigma_deriv, sigma_inv = (lambda t: t), (lambda t: 1), (lambda sigma: sigma)
     if scaling == "vp":
-        s = lambda t: 1 / (1 + sigma(t) ** 2).sqrt()  # noqa: E731
-        s_deriv = lambda t: -sigma(t) * sigma_deriv(t) * (s(t) ** 3)  # noqa: E731
+        s = lambda t: 1 / (1 + sigma(t) ** 2).sqrt()
+        s_deriv = lambda t: -sigma(t) * sigma_deriv(t) * (s(t) ** 3)
     else:
-        s, s_deriv = (lambda t: 1), (lambda t: 0)  # noqa: E731
+        s, s_deriv = (lambda t: 1), (lambda t: 0)
     t_steps = sigma_inv(sigma_steps)
     t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
     t_next = t_steps[0]
@@ -223,7 +223,8 @@ def test_bad_arguments_name_the_value(kwargs, match):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(solver="euler", alpha=0.5), r"alpha=0.5 does not apply to solver='euler'; it is an option of heun"),
-    (dict(solver="ipndm", S_churn=40.0), r"S_churn=40.0 does not apply to solver='ipndm'; it is an option of euler, heun"),
+    (dict(solver="ipndm", S_churn=40.0),
+     r"S_churn=40.0 does not apply to solver='ipndm'; it is an option of euler, heun"),
     (dict(solver="heun", max_order=2), r"max_order=2 does not apply to solver='heun'"),
     (dict(solver="heun", rtol=1e-3), r"rtol=0.001 does not apply to solver='heun'; it is an option of adaptive")])
 def test_inapplicable_argument_is_an_error_naming_it(kwargs, match):

@@ -90,6 +90,7 @@ def nfe(solver: str = "heun", num_steps: int | None = None, **sampler_kwargs) ->
 
 
 __all__ = ["SOLVERS", "ANY_FLOW", "ORDER", "CALLS_PER_STEP", "AFS", "FINAL_STEPS", "Churn", "FlowPoint",
-           "ProbabilityFlow", "DenoiserCalls", "CountingDenoiser", "Denoiser", "sigma_grid", "solver_calls", "steps_for_nfe", "min_levels",
+           "ProbabilityFlow", "DenoiserCalls", "CountingDenoiser", "Denoiser", "sigma_grid", "solver_calls",
+           "steps_for_nfe", "min_levels",
            "nfe", "sample_euler", "sample_heun", "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m",
            "sample_dpmpp_3m", "sample_unipc", "sample_adaptive"]
