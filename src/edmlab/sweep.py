@@ -232,13 +232,13 @@ def plot_metric(jobs: list[Job], metric: str, x_name: str, path: Path) -> Path |
     """``metric`` against ``x_name`` ("rho" or "nfe") for the successful jobs, one line per combination of the
     other overrides that vary (e.g. per solver); None when x does not vary."""
     x_of = (lambda j: j.scalar("nfe")) if x_name == "nfe" else (lambda j: as_number(j.setting(x_name)))
-    x_key = "num_steps" if x_name == "nfe" else x_name
+    x_keys = ("num_steps", "nfe") if x_name == "nfe" else (x_name,)  # sampler.nfe=5,6,… sweeps set nfe itself
     points = [(j, x_of(j), j.scalar(metric)) for j in jobs if j.ok]
     points = [(j, x, y) for j, x, y in points if x is not None and y is not None and math.isfinite(y)]
     if len({x for _, x, _ in points}) < 2:
         return None
     varying = [k for k in dict.fromkeys(k for j, _, _ in points for k in group_overrides(j))
-               if k.rsplit(".", 1)[-1] != x_key and len({j.overrides.get(k) for j, _, _ in points}) > 1]
+               if k.rsplit(".", 1)[-1] not in x_keys and len({j.overrides.get(k) for j, _, _ in points}) > 1]
     series: dict[str, dict] = {}  # label → x → the values over seeds
     for job, x, y in points:
         label = ", ".join(f"{k}={job.overrides.get(k)}" for k in varying) or metric

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..distributed import Ranks, env_ranks, init_process_group, rank_device
 from ..generation import Drawn, draw
 from ..sampling import sigma_range, sigma_steps
-from ..solvers import nfe
+from ..solvers import CountingDenoiser
 from ..threads import num_threads
 from .config import check_config, config_summary, grid_kwargs, in_multirun, job_info, need, resolve_device
 from .outputs import log_to_wandb, save_picture, save_samples, write_json
@@ -111,10 +111,13 @@ def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start
         yield
         clock[key] += time.perf_counter() - tic
 
+    counter = CountingDenoiser(subject.denoiser)  # the first range's calls: metrics.json's nfe per sample
+
     def draw_range(r: int) -> Drawn:
         with timed("sample_sec"):
             seeds = ranks.share(range(cfg.seeds + r * n, cfg.seeds + (r + 1) * n))
-            drawn = ranks.agree(draw, subject.denoiser, subject.shape, seeds, int(cfg.batch), sampler_kwargs,
+            drawn = ranks.agree(draw, counter if r == 0 else subject.denoiser, subject.shape, seeds, int(cfg.batch),
+                                sampler_kwargs,
                                 subject.device, subject.label_dim, cfg.class_label)
         if not ranks.all(bool(torch.isfinite(drawn.samples).all())):
             raise ValueError(f"the sampler produced NaN/inf samples ({sampler_kwargs['solver']}, num_steps="
@@ -139,9 +142,10 @@ def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start
         if ranks.is_zero:
             scores["fid"], scores["fid_per_range"] = min(per_range), per_range
     clock["sample_sec"] = ranks.max(clock["sample_sec"])  # the ranks sample at the same time: the slowest one's
+    counted = sum(ranks.all_values(counter.evaluations)) / n
     if not ranks.is_zero:
         return None, None
-    record = {"status": "ok", **scores, "nfe": nfe(sampler_kwargs["solver"], sampler_kwargs["num_steps"]),
+    record = {"status": "ok", **scores, "nfe": int(counted) if counted == int(counted) else counted,
               "num_samples": n, **clock, **extra}
     return record, drawn
 

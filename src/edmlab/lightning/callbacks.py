@@ -84,7 +84,7 @@ class FinalReport(L.Callback):
         metrics = {"step": trainer.global_step, "kimg": trainer.global_step * module.batch_size / 1000,
                    "train_sec": train_sec, "sample_sec": sample_sec,
                    "num_samples": count,
-                   "nfe": nfe(module.hparams.sampler.get("solver", "heun"), module.hparams.sampler.get("num_steps", 18))}
+                   "nfe": nfe(**module.hparams.sampler) if module.hparams.sampler.get("solver") != "adaptive" else None}
         if getattr(module, "step_loss", None) is not None:
             metrics["train_loss"] = module.step_loss  # the last step's per-pixel mean loss, as train/loss
         steps = trainer.global_step - getattr(self, "_start_step", 0)
