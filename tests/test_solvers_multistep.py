@@ -390,6 +390,10 @@ def test_adaptive_nfe_follows_the_tolerance_and_is_counted_per_sample():
     (dict(solver="unipc", scaling="vp"), ValueError, r"use schedule=linear scaling=none"),
     (dict(num_steps=1, final_step="none"), ValueError, r"num_steps=1 is too few for final_step='none'")])
 def test_bad_input_is_a_one_line_error_naming_the_value(kwargs, error, match):
+    """Raised by sample, and by plan alone (a dry run before a long job) unless it needs the denoiser."""
     with pytest.raises(error, match=match) as info:
         edmlab.sample(MIX, latents(2), **kwargs)
     assert "\n" not in str(info.value)
+    if kwargs.get("afs") != "gaussian":
+        with pytest.raises(error, match=match):
+            edmlab.plan(**kwargs)

@@ -12,7 +12,9 @@ from .registry import choose
 from .scalings import SCALINGS
 from .schedules import SCHEDULES
 from .solvers import ANY_FLOW, ORDER, SOLVERS, Churn, ProbabilityFlow, sigma_grid, solver_calls, steps_for_nfe
+from .solvers.adaptive import check_tolerance
 from .solvers.calls import check_afs, check_final_step
+from .solvers.multistep import check_order
 
 EDM_NUM_STEPS = 18
 
@@ -149,6 +151,11 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
     check_afs(afs)
     options = _solver_options(solver, solve, dict(alpha=alpha, churn=Churn(S_churn, S_min, S_max, S_noise),
                                                   max_order=max_order, rtol=rtol, atol=atol))
+    if options.get("max_order") is not None:
+        check_order(solver, options["max_order"])
+    for name in ("rtol", "atol"):
+        if options.get(name) is not None:
+            check_tolerance(name, options[name])
     declared = inspect.signature(solve).parameters.get("max_order")
     order = ORDER.get(solver) or options.get("max_order") or (declared.default if declared else 0)
     if solver == "adaptive":

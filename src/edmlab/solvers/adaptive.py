@@ -14,7 +14,7 @@ BS32_E = (7 / 24, 1 / 4, 1 / 3, 1 / 8)
 MAX_STEPS = 10_000
 
 
-def _check_tolerance(name: str, value) -> float:
+def check_tolerance(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"adaptive needs {name} > 0, got {name}={value!r}")
     return float(value)
@@ -31,8 +31,8 @@ def sample_adaptive(denoiser, x, t_steps, flow: ProbabilityFlow, *, rtol: float 
     deciding which samples still run reads one flag per step from the device. schedule=linear, scaling=none."""
     sigmas = sigma_grid(flow, t_steps, "adaptive")
     x = x.clone()
-    rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
-    h_init = _check_tolerance("h_init", h_init)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
+    h_init = check_tolerance("h_init", h_init)
     check_final_step(final_step)
     afs = check_afs(afs)
     kwargs = denoiser_kwargs or {}

@@ -68,7 +68,12 @@ def _combine(a: float, x, coefficients, history):
     return out
 
 
-def _check_order(solver: str, max_order, highest: int) -> int:
+# The highest order of each solver that takes ``max_order``.
+MAX_ORDER = {"ipndm": 4, "ipndm_v": 4, "deis": 3, "unipc": 3}
+
+
+def check_order(solver: str, max_order) -> int:
+    highest = MAX_ORDER[solver]
     if not (isinstance(max_order, int) and not isinstance(max_order, bool) and 1 <= max_order <= highest):
         raise ValueError(f"solver={solver!r} has orders 1…{highest}, got max_order={max_order!r}")
     return max_order
@@ -91,7 +96,7 @@ def sample_ipndm(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int 
     x_{i+1} = x_i + (σ_{i+1} − σ_i)·Σ_j β_j^{(k)} ε_{i−j}. On an unequal grid (EDM's ρ = 7) the fixed coefficients
     make it 2nd order asymptotically; ``ipndm_v`` has the variable-step ones. schedule=linear, scaling=none."""
     sigmas, n = _levels(flow, t_steps, "ipndm")
-    order = _check_order("ipndm", max_order, 4)
+    order = check_order("ipndm", max_order)
     steps = [Step(1.0, tuple((sigmas[i + 1] - sigmas[i]) * c for c in ADAMS_BASHFORTH[min(i + 1, order)]))
              for i in range(n)]
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
@@ -130,7 +135,7 @@ def sample_ipndm_v(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: in
     x_{i+1} = x_i + Σ_j ε_{i−j}·∫_{σ_i}^{σ_{i+1}} ℓ_j(σ) dσ (Hairer, Nørsett & Wanner I, Eq. III.5.3). Order k on
     any grid. schedule=linear, scaling=none."""
     sigmas, n = _levels(flow, t_steps, "ipndm_v")
-    order = _check_order("ipndm_v", max_order, 4)
+    order = check_order("ipndm_v", max_order)
     steps = [Step(1.0, _lagrange_integrals([sigmas[i - j] for j in range(min(i + 1, order))], sigmas[i],
                                            sigmas[i + 1], _identity)) for i in range(n)]
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
@@ -148,7 +153,7 @@ def sample_deis(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int =
     exponential integrator of EDM's ODE (σ(t) = t: x_{i+1} = x_i + ∫ ε dσ) integrates it exactly:
     x_{i+1} = x_i + Σ_j ε_{i−j}·∫_{t_i}^{t_{i+1}} σ'(τ)·ℓ_j(τ) dτ. schedule=linear, scaling=none."""
     sigmas, n = _levels(flow, t_steps, "deis")
-    order = _check_order("deis", max_order, 3)
+    order = check_order("deis", max_order)
     steps = [Step(1.0, _lagrange_integrals([deis_time(sigmas[i - j]) for j in range(min(i + 1, order))],
                                            sigmas[i], sigmas[i + 1], deis_time)) for i in range(n)]
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
@@ -250,6 +255,6 @@ def sample_unipc(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int 
     corrector UniC raising it by one, at no extra call (the corrector's D at the predicted point is the next
     step's history); the last step is not corrected (as UniPC). schedule=linear, scaling=none."""
     sigmas, n = _levels(flow, t_steps, "unipc")
-    order = _check_order("unipc", max_order, 3)
+    order = check_order("unipc", max_order)
     return _run(denoiser, x, sigmas, _unipc_steps(sigmas, n, order), False, final_step, afs, callback,
                 denoiser_kwargs)
