@@ -23,6 +23,8 @@ from .flow import ProbabilityFlow, sigma_grid
 
 @dataclass(frozen=True)
 class Step:
+    """One step's coefficients a_i, b_ij and (UniPC) c_ij of the module docstring's update, newest history first."""
+
     a: float
     b: tuple
     c: tuple | None = None
