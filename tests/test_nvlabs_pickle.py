@@ -328,3 +328,96 @@ def test_train_init_from_a_pickle_starts_from_its_weights(tmp_path, marker, tiny
                                          r"run 1; network\.out_channels: file 3 vs run 1; shape: file \[3, 8, 8\] vs "
                                          r"run \[1, 8, 8\]\): choose the data, network"):
         build(compose("train", [*tiny, f"init_from={path}"], tmp_path / "run"))
+
+
+# --- NVlabs' Inception detector (metrics.fid.detector=nvlabs) and precision/recall (metrics.prc) ---------------
+
+class ToyDetector(torch.nn.Module):
+    """The detector's interface (uint8 [N, 3, H, W] → [N, features] with return_features=True) at toy cost."""
+
+    def __init__(self, features: int = 2048):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, features, 8, stride=8)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img.to(torch.float32) / 127.5 - 1, size=[16, 16], mode="bilinear")
+        features = self.conv(x).mean(dim=[2, 3])
+        return features if return_features else torch.softmax(features, dim=1)
+
+
+def toy_detector_files(tmp_path, marker, features: int = 2048):
+    """(scripted detector, its TorchScript .pt, a persistence pickle carrying the archive as NVlabs' .pkl)."""
+    torch.manual_seed(0)
+    scripted = torch.jit.script(ToyDetector(features).eval().requires_grad_(False))
+    pt = tmp_path / f"inception-{features}.pt"
+    torch.jit.save(scripted, str(pt))
+    poison = f"import pathlib; pathlib.Path({str(marker)!r}).touch(); raise SystemExit('module_src was executed')"
+    with persistence_module():
+        record = Record("InceptionV3Detector", dict(_modules=OrderedDict(), archive=pt.read_bytes()), poison)
+        pkl = tmp_path / f"inception-{features}.pkl"
+        pkl.write_bytes(pickle.dumps(record))
+    return scripted, pt, pkl
+
+
+def test_nvlabs_detector_loads_from_pt_and_pkl(tmp_path, marker):
+    from edmlab.metrics.nvlabs_inception import nvlabs_features
+
+    scripted, pt, pkl = toy_detector_files(tmp_path, marker)
+    rgb = torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    want = scripted(rgb, return_features=True).double()
+    for path in (pt, pkl):
+        assert torch.equal(nvlabs_features(rgb, str(path), batch_size=2), want)
+    grey = rgb[:, :1]
+    assert torch.equal(nvlabs_features(grey, str(pkl)), scripted(grey.repeat(1, 3, 1, 1), return_features=True).double())
+
+
+def test_nvlabs_detector_bad_files(tmp_path, marker):
+    from edmlab.metrics.nvlabs_inception import load_detector
+
+    with pytest.raises(FileNotFoundError, match=r"metrics\.fid\.detector=nvlabs needs NVlabs' Inception detector, not "
+                                                rf"found at {tmp_path}/inception\.pkl: download https://api\.ngc.*"
+                                                r"pass metrics\.fid\.detector_path=/path/to/inception-2015-12-05\.pkl"):
+        load_detector(str(tmp_path / "inception.pkl"))
+    spec = toy_spec("EDMPrecond", "ddpmpp")
+    network = write_snapshot(tmp_path / "edm.pkl", random_denoiser(spec), spec, marker)
+    with pytest.raises(ValueError, match=rf"^{network}: no TorchScript module inside; expected NVlabs' "
+                                         r"inception-2015-12-05\.pkl"):
+        load_detector(str(network))
+    _, pt, _ = toy_detector_files(tmp_path, marker, features=100)
+    with pytest.raises(ValueError, match=rf"^{pt}: the detector gives features of shape \(1, 100\) for one image, "
+                                         r"expected \(1, 2048\)"):
+        load_detector(str(pt))
+
+
+def test_scores_with_the_nvlabs_detector_precision_recall(tmp_path, marker):
+    """Precision and recall of the scoring hook (metrics.prc, features of NVlabs' detector) against torch-fidelity's
+    own prc on the same features (an independent implementation of Kynkäänniemi et al. 2019)."""
+    from omegaconf import OmegaConf
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from edmlab.evaluation.scoring import InceptionScores
+    from edmlab.images import to_uint8
+    from edmlab.metrics.ref_stats import load_uint8_images
+
+    scripted, _, pkl = toy_detector_files(tmp_path, marker)
+    mcfg = OmegaConf.create(dict(
+        fid=dict(ref=None, weights_path=None, method="sqrtm", batch=64, detector="nvlabs", detector_path=str(pkl)),
+        kid=False, isc=False, prc=True, ref_images="digits", ref_root="data", max_ref_images=300))
+    scorer = InceptionScores(mcfg, torch.device("cpu"))
+    digits = load_uint8_images("digits", max_images=500)
+    held_out = digits[300:].float() / 127.5 - 1  # half of them made noise:
+    noise = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1  # 0 < precision < 1
+    samples = torch.cat([held_out[:100], noise])
+    scores = scorer.scores(scorer.outputs(samples), first_range=True)
+
+    real = scripted(digits[:300].repeat(1, 3, 1, 1), return_features=True).double()
+    fake = scripted(to_uint8(samples).repeat(1, 3, 1, 1), return_features=True).double()
+    prc = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=10000, verbose=False)
+    assert (scores["precision"], scores["recall"]) == pytest.approx((prc["precision"], prc["recall"]), abs=1e-7)  # theirs: float32
+    assert 0 < scores["precision"] < 1 and 0 < scores["recall"] < 1
+
+    with pytest.raises(ValueError, match=r"metrics\.isc=true needs Inception logits, which "
+                                         r"metrics\.fid\.detector=nvlabs does not give"):
+        InceptionScores(OmegaConf.merge(mcfg, {"isc": True}), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"metrics\.fid\.detector='tf': choose torch-fidelity or nvlabs"):
+        InceptionScores(OmegaConf.merge(mcfg, {"fid": {"detector": "tf"}}), torch.device("cpu"))

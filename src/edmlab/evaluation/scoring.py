@@ -4,7 +4,9 @@
   held-out split, with the real floor at the same sample count (``edmlab.metrics.for_dataset``);
 - a Gaussian mixture (``data=mixture``, or ``bench:<preset>``): sliced Wasserstein and MMD to the true distribution
   (and the exact-ODE error, ``reference.py``);
-- any image model with ``metrics.fid.ref``: Inception FID (``metrics.kid``, ``metrics.isc`` for KID and IS).
+- any image model with ``metrics.fid.ref``: Inception FID (``metrics.kid``, ``metrics.isc`` for KID and IS,
+  ``metrics.prc`` for precision/recall of the Inception features); ``metrics.fid.detector=nvlabs`` scores with
+  NVlabs' own detector file (``edmlab.metrics.nvlabs_inception``) instead of torch-fidelity's.
   EDM's protocol: 50,000 images, reference statistics of the whole data set, the minimum FID over the seed
   ranges 0–49999, 50000–99999, 100000–149999 (``metrics=fid50k``, i.e. ``metrics.fid.seed_ranges=3``).
   FID needs no gathered images: the ranks all-reduce the sums of the features and of their centred outer
@@ -37,30 +39,44 @@ class InceptionScores:
         self.weights_path, self.batch, self.method, self.device = fid.weights_path, int(fid.batch), fid.method, device
         self.ref = load_statistics(fid.ref) if fid.ref is not None else None
         self.kid, self.isc, self.ranks = bool(mcfg.kid), bool(mcfg.isc), ranks
+        self.prc = bool(mcfg.get("prc", False))
+        self.detector, self.detector_path = fid.get("detector", "torch-fidelity"), fid.get("detector_path")
+        if self.detector not in ("torch-fidelity", "nvlabs"):
+            raise ValueError(f"metrics.fid.detector={self.detector!r}: choose torch-fidelity or nvlabs")
+        if self.detector == "nvlabs" and self.isc:
+            raise ValueError("metrics.isc=true needs Inception logits, which metrics.fid.detector=nvlabs does not "
+                             "give (features only): use metrics.fid.detector=torch-fidelity for IS")
         self.ref_features = None
         if self.active:
             from ..metrics.inception import resolve_weights
+            from ..metrics.nvlabs_inception import load_detector
 
-            resolve_weights(self.weights_path)
-        if self.kid and ranks.is_zero:
-            from ..metrics.inception import inception_features
+            load_detector(self.detector_path) if self.detector == "nvlabs" else resolve_weights(self.weights_path)
+        if (self.kid or self.prc) and ranks.is_zero:
             from ..metrics.ref_stats import load_uint8_images
 
             if mcfg.ref_images is None:
-                raise ValueError("metrics.kid=true compares with real images: set metrics.ref_images=digits, "
-                                 "cifar10 (with metrics.ref_root) or a folder/ZIP of images")
+                raise ValueError("metrics.kid=true / metrics.prc=true compare with real images: set "
+                                 "metrics.ref_images=digits, cifar10 (with metrics.ref_root) or a folder/ZIP of images")
             real = load_uint8_images(str(mcfg.ref_images), str(mcfg.ref_root), max_images=mcfg.max_ref_images)
-            self.ref_features = inception_features(real, self.weights_path, self.batch, device)
+            self.ref_features = self._outputs_uint8(real)["pool"]
 
     @property
     def active(self) -> bool:
-        return self.ref is not None or self.kid or self.isc
+        return self.ref is not None or self.kid or self.isc or self.prc
 
     def outputs(self, images: torch.Tensor) -> dict:
         """This rank's Inception features (``pool``) and logits of ``images`` in [−1, 1]."""
+        return self._outputs_uint8(to_uint8(images))
+
+    def _outputs_uint8(self, images_uint8: torch.Tensor) -> dict:
+        if self.detector == "nvlabs":
+            from ..metrics.nvlabs_inception import nvlabs_features
+
+            return {"pool": nvlabs_features(images_uint8, self.detector_path, self.batch, self.device)}
         from ..metrics.inception import inception_outputs
 
-        return inception_outputs(to_uint8(images), self.weights_path, self.batch, self.device)
+        return inception_outputs(images_uint8, self.weights_path, self.batch, self.device)
 
     def scores(self, out: dict, first_range: bool) -> dict:
         """The scores of every rank's ``outputs`` together (a collective): complete on rank 0, empty elsewhere.
@@ -70,7 +86,7 @@ class InceptionScores:
 
         ranks = self.ranks
         statistics = mean_covariance(out["pool"], ranks) if self.ref is not None and ranks.world > 1 else None
-        pool = ranks.gather_rows(out["pool"]) if first_range and self.kid else None
+        pool = ranks.gather_rows(out["pool"]) if first_range and (self.kid or self.prc) else None
         logits = ranks.gather_rows(out["logits"]) if first_range and self.isc else None
         if not ranks.is_zero:
             return {}
@@ -79,8 +95,12 @@ class InceptionScores:
             scores["fid"] = frechet_distance(*statistics, *self.ref, method=self.method)
         elif self.ref is not None:
             scores["fid"] = fid_from_features(out["pool"], self.ref, self.method)
-        if pool is not None:
+        if pool is not None and self.kid:
             scores["kid_mean"], scores["kid_std"] = kid_from_features(pool, self.ref_features)
+        if pool is not None and self.prc:
+            from ..metrics.digits import manifold_precision_recall
+
+            scores["precision"], scores["recall"] = manifold_precision_recall(self.ref_features.to(pool.dtype), pool)
         if logits is not None:
             scores["is_mean"], scores["is_std"] = inception_score_from_logits(logits)
         return scores
