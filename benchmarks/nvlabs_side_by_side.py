@@ -31,21 +31,16 @@ import torch
 
 import edmlab
 
-# NVlabs/edm train.py: --arch keywords, and the published pickles (README "Pre-trained models") they describe.
-ARCH = {
-    "ddpmpp": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
-                   channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2]),
-    "ncsnpp": dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", decoder_type="standard",
-                   channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2]),
-    "adm": dict(model_type="DhariwalUNet", model_channels=192, channel_mult=[1, 2, 3, 4]),
-}
+from nvlabs_reference_outputs import ARCH  # noqa: E402  (NVlabs/edm train.py's --arch keywords; this folder)
+
 CRES_64 = dict(channel_mult=[1, 2, 2, 2])
 ORIGINAL_SAMPLER = {  # EDM Table 1, "original sampler" columns
     "VPPrecond": dict(solver="euler", discretization="vp", schedule="vp", scaling="vp"),
     "VEPrecond": dict(solver="euler", discretization="ve", schedule="ve", scaling="none"),
     "iDDPMPrecond": dict(solver="euler", discretization="iddpm", schedule="linear", scaling="none"),
 }
-PRESETS = {  # name: (precond, arch, resolution, label_dim, extra network keywords)
+# The published pickles (NVlabs/edm README "Pre-trained models"): (precond, arch, resolution, label_dim, keywords).
+PRESETS = {
     "edm-cifar10-32x32-cond-vp": ("EDMPrecond", "ddpmpp", 32, 10, dict(augment_dim=9)),
     "edm-cifar10-32x32-cond-ve": ("EDMPrecond", "ncsnpp", 32, 10, dict(augment_dim=9)),
     "edm-cifar10-32x32-uncond-vp": ("EDMPrecond", "ddpmpp", 32, 0, dict(augment_dim=9)),
