@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..export import resolve
 from .unpickler import Persistent, TorchModule, UnsafePickleError, read_pickle
 
 # NVlabs precond class → (edmlab class, the attributes of the NVlabs object that are its constructor keywords)
@@ -71,8 +72,8 @@ def _describe(obj) -> str:
 
 
 def _check_keywords(path: Path, target: str, kwargs: dict):
-    module, _, name = target.rpartition(".")
-    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    name = target.rpartition(".")[2]
+    params = inspect.signature(resolve(target)).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     unknown = sorted(set(kwargs) - set(params))
@@ -92,10 +93,10 @@ def _edm_spec(path: Path, ema: Persistent) -> dict:
     if not kwargs:
         raise ValueError(f"{path}: {model.class_name} carries no _init_kwargs, so its architecture is unknown")
     channels = int(ema.state["img_channels"])
+    factor = resolve(precond_target).out_channels_factor  # iDDPM: 2 (learned variance)
     kwargs.setdefault("in_channels", channels)
-    kwargs.setdefault("out_channels", channels * (2 if ema.class_name == "iDDPMPrecond" else 1))
+    kwargs.setdefault("out_channels", factor * channels)
     kwargs.setdefault("augment_dim", 0)
-    factor = 2 if ema.class_name == "iDDPMPrecond" else 1
     if kwargs["out_channels"] != factor * channels:
         raise ValueError(f"{path}: {ema.class_name} around a {model.class_name} with out_channels="
                          f"{kwargs['out_channels']}, expected {factor * channels} for {channels} image channels")
