@@ -128,6 +128,30 @@ def sample_difference(modules, net, D, precond: str, label_dim: int, seeds: list
     return float((ours.to(theirs.dtype) - theirs).abs().max()), float(theirs.abs().max()), same_latents, settings
 
 
+def edm2_difference(edm2: Path, folder: Path) -> float:
+    """max |D_NVlabs − D_edmlab| of an NVlabs/edm2 Precond (S-like layout at 16×16, 32 channels, random weights) saved
+    as their training loop saves snapshots (EasyDict with ``ema`` in float16, ``encoder``, ``dataset_kwargs``)."""
+    sys.path.insert(0, str(edm2))
+    for name in [m for m in sys.modules if m == "training" or m.startswith(("training.", "torch_utils", "dnnlib"))]:
+        del sys.modules[name]  # edm2's packages share their names with edm's
+    import dnnlib  # noqa: E402  (NVlabs/edm2's modules, from the checkout)
+    from training import encoders, networks_edm2  # noqa: E402
+
+    torch.manual_seed(0)
+    net = networks_edm2.Precond(img_resolution=16, img_channels=3, label_dim=10, model_channels=32,
+                                channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], use_fp16=False)
+    randomize(net, 0)
+    data = dnnlib.EasyDict(encoder=encoders.StandardRGBEncoder(), dataset_kwargs=dnnlib.EasyDict(path="img64.zip"),
+                           loss_fn=None)
+    data.ema = copy.deepcopy(net).eval().requires_grad_(False).to(torch.float16)
+    path = folder / "edm2-snapshot.pkl"
+    path.write_bytes(pickle.dumps(data))
+    D, theirs = edmlab.load(path), data.ema.float()
+    x, sigma = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.02, 1.0, 40.0])
+    with torch.no_grad():
+        return float((D(x, sigma, torch.eye(10)[[1, 2, 3]]) - theirs(x, sigma, torch.eye(10)[[1, 2, 3]])).abs().max())
+
+
 def parse_seeds(text: str) -> list[int]:
     out = []
     for part in text.split(","):
@@ -144,6 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=18)
     parser.add_argument("--sample-channels", type=int, default=32, help="base width of the sampled nets; 0 = full")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--edm2", type=Path, help="also a local checkout of github.com/NVlabs/edm2 (its Precond)")
     args = parser.parse_args(argv)
     names = [n for n in args.presets.split(",") if n]
     unknown = [n for n in names if n not in PRESETS]
@@ -178,6 +203,9 @@ def main(argv=None) -> int:
             del net, D
             path.unlink()
             gc.collect()
+        if args.edm2:
+            print(f"\nNVlabs/edm2 Precond(UNet), float16 snapshot: max abs(ΔD) = "
+                  f"{edm2_difference(args.edm2.resolve(), Path(tmp)):.1e}")
     return 0
 
 
