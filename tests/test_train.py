@@ -307,7 +307,8 @@ def test_loss_per_sigma_is_logged(tmp_path, tiny):
     (["batch_size=-4"], "batch_size=-4"), (["noise_distribution.P_std=0"], "P_std"),
     (["augment=edm", "augment.p=1.5"], r"p is a probability in \[0, 1\], got p=1.5"),
     (["optim.lr=0"], "optim.lr=0"), (["sigma_data=-1"], "sigma_data=-1"),
-    (["callbacks.final_report.batch=0"], "callbacks.final_report.batch=0 must be an integer >= 1")])
+    (["callbacks.final_report.batch=0"], "callbacks.final_report.batch=0 must be an integer >= 1"),
+    (["callbacks.sample_grid.num_images=0"], "callbacks.sample_grid.num_images=0 must be an integer >= 1")])
 def test_bad_config_values_fail_before_training(overrides, match, tmp_path, tiny):
     with pytest.raises(ValueError, match=match):
         fit(tmp_path, tiny + overrides)

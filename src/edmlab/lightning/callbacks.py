@@ -15,12 +15,20 @@ from ..metrics.for_dataset import dataset_metric
 from ..solvers import nfe
 
 
+def check_counts(group: str, **values: tuple[int, int]) -> None:
+    """Each ``name=(value, least)`` is an integer >= least, else a ValueError naming ``group.name`` (at build)."""
+    for name, (value, least) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"callbacks.{group}.{name}={value!r} must be an integer >= {least}")
+
+
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end) draw ``num_images`` with the configured sampler
     from the EMA weights, always from the same seeds, and save ``samples/step_XXXXXXX.png``; logged to W&B too."""
 
     def __init__(self, output_dir: str, every_n_steps: int = 1000, num_images: int = 64, seed: int = 0,
                  scale: int = 4):
+        check_counts("sample_grid", every_n_steps=(every_n_steps, 0), num_images=(num_images, 1), seed=(seed, 0))
         self.output_dir, self.every_n_steps, self.num_images = Path(output_dir), every_n_steps, num_images
         self.seed, self.scale = seed, scale
 
@@ -49,10 +57,8 @@ class FinalReport(L.Callback):
 
     def __init__(self, output_dir: str, num_samples: int = 1000, grid_images: int = 100, seed: int = 0,
                  scale: int = 4, batch: int = 64):
-        for key, value, least in (("num_samples", num_samples, 1), ("grid_images", grid_images, 0),
-                                  ("batch", batch, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"callbacks.final_report.{key}={value!r} must be an integer >= {least}")
+        check_counts("final_report", num_samples=(num_samples, 1), grid_images=(grid_images, 0), batch=(batch, 1),
+                     seed=(seed, 0))
         self.output_dir, self.num_samples, self.grid_images = Path(output_dir), num_samples, grid_images
         self.seed, self.scale, self.batch = seed, scale, batch
         self._start = None

@@ -53,8 +53,9 @@ class EDMModule(L.LightningModule):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         # Σ per-pixel loss and image count, per σ bin since the last log (columns 0…9) and over the micro-batches of
-        # the current step (column 10), kept on the training device: one host sync and all-reduce per log.
-        self.register_buffer("_sums", torch.zeros(2, len(SIGMA_BINS) + 2), persistent=False)
+        # the current step (column 10), kept on the training device: one host sync and all-reduce per log. A plain
+        # tensor, not a buffer: DDP would overwrite every rank's buffers with rank 0's at each forward.
+        self._sums = torch.zeros(2, len(SIGMA_BINS) + 2)
         self.register_buffer("_bin_edges", SIGMA_BINS.clone(), persistent=False)
 
     def setup(self, stage: str):
@@ -106,6 +107,7 @@ class EDMModule(L.LightningModule):
         """Add the images' per-pixel losses to their σ bin and to the step's column."""
         per_pixel_loss = per_pixel_loss.detach().float()
         ones = torch.ones_like(per_pixel_loss)
+        self._sums = self._sums.to(per_pixel_loss.device)
         index = torch.bucketize(sigma.detach(), self._bin_edges)
         for column in (index, torch.full_like(index, self._sums.shape[1] - 1)):
             self._sums[0].index_add_(0, column, per_pixel_loss)
