@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -366,7 +367,9 @@ def test_fid_and_kid_agree_with_torchmetrics(weights, images, features):
     assert fid_from_features(pool_noise, feature_statistics(pool_smooth), method="eigh") == \
         pytest.approx(float(fid.compute()), rel=1e-6)
 
-    kid = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=2, subset_size=len(noise))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")  # its memory notice
+        kid = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=2, subset_size=len(noise))
     kid.update(pool_smooth, real=True)
     kid.update(pool_noise, real=False)
     theirs, theirs_spread = kid.compute()
