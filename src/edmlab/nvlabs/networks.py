@@ -44,10 +44,18 @@ def _plain(value):
 def state_dict(record, prefix: str = "") -> dict[str, torch.Tensor]:
     """The ``state_dict()`` a module recorded in the pickle would give: parameters, persistent buffers, submodules."""
     state = record.state
-    out = {prefix + k: v.detach() for k, v in (state.get("_parameters") or {}).items() if v is not None}
     skip = state.get("_non_persistent_buffers_set") or set()
-    out.update({prefix + k: v for k, v in (state.get("_buffers") or {}).items() if v is not None and k not in skip})
+    tensors = {**(state.get("_parameters") or {}), **{k: v for k, v in (state.get("_buffers") or {}).items()
+                                                       if k not in skip}}
+    out = {}
+    for name, value in tensors.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise UnsafePickleError(f"{prefix}{name} is a {type(value).__name__}, not a tensor")
+        if value is not None:
+            out[prefix + name] = value.detach()
     for name, child in (state.get("_modules") or {}).items():
+        if child is not None and not isinstance(child, (Persistent, TorchModule)):
+            raise UnsafePickleError(f"submodule {prefix}{name} is a {type(child).__name__}, not a module")
         if child is not None:
             out.update(state_dict(child, f"{prefix}{name}."))
     return out
@@ -165,7 +173,11 @@ def read_network_pickle(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     if unknown:
         raise UnsafePickleError(f"{path}: the {ema.class_name} holds classes {unknown} that {family}'s networks do not "
                                 f"have; edmlab cannot stand in for them (it runs no code from a pickle)")
-    state = state_dict(ema)
+    try:
+        state = state_dict(ema)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}; expected an NVlabs network's parameters, buffers and submodules") \
+            from None
     spec = _edm_spec(path, ema) if family == "NVlabs/edm" else _edm2_spec(path, ema, state)
     channels, resolution = spec["network_kwargs"]["in_channels"], spec["network_kwargs"]["img_resolution"]
     spec["shape"] = [channels, resolution, resolution]
