@@ -1,6 +1,7 @@
 """Scale-out of training: W processes (ddp_spawn, torchrun) and gradient accumulation train exactly what one process
 with the same global batch trains; bf16-mixed keeps D's coefficients and the loss in float32; channels_last and
-compile leave the result unchanged; the launcher configs compose."""
+compile leave the result unchanged; a 2-process run resumes exactly; the launcher configs compose."""
+import csv
 import math
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY, compose
+from conftest import ROOT, TINY, compose, with_overrides
 from hydra.core.hydra_config import HydraConfig
 
 from edmlab.lightning.run import ConfigError, build, check_run_dir, world_size
@@ -20,10 +21,11 @@ from edmlab.training_noise import EDMNoise
 
 # 4 optimizer steps of global batch 32 with full learning rate from step 1 (no ramp-up) and no randomness beyond
 # the per-step draws (dropout 0, no augmentation), so that every way of splitting the batch must agree.
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny tensors: one thread each is 5-10× faster
 STEPS = 4
-BASE = [o for o in TINY if not o.startswith("callbacks.")] + [
-    "callbacks=none", "logger=none", "network.model_channels=8", "network.dropout=0", "augment=none",
-    "optim.lr_rampup_kimg=0", f"duration_kimg={STEPS * 32 / 1000}"]
+BASE = with_overrides([o for o in TINY if not o.startswith("callbacks.")], [
+    "callbacks=none", "logger=csv", "trainer.log_every_n_steps=2", "network.model_channels=8", "network.dropout=0",
+    "augment=none", "optim.lr_rampup_kimg=0", f"duration_kimg={STEPS * 32 / 1000}"])
 
 
 class LossTrace(L.Callback):
@@ -35,21 +37,51 @@ class LossTrace(L.Callback):
 
 
 def fit(tmp_path, extra, name):
-    cfg = compose("train", BASE + extra, tmp_path / name)
+    cfg = compose("train", with_overrides(BASE, extra), tmp_path / name)
     trainer, module, datamodule = build(cfg)
     trace = LossTrace()
     trainer.callbacks.append(trace)
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return trainer, module, initial, trace.losses
+
+
+def logged(run_dir) -> dict:
+    """{step: {train/loss, loss_per_sigma/*: value}} from a run's csv/metrics.csv."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return {round(float(r["train/kimg"]) * 1000 / 32): {k: float(v) for k, v in r.items() if v not in ("", "nan") and
+                                                          k.startswith(("train/loss", "loss_per_sigma/"))}
+            for r in rows}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One process, the whole batch of 32 at once, fp32, eager: (final state, initial state, per-step losses)."""
-    trainer, module, initial, losses = fit(tmp_path_factory.mktemp("ref"), [], "one")
+    """One process, the whole batch of 32 at once, fp32, eager: (final state, initial state, per-step losses,
+    Adam's state, logged statistics)."""
+    tmp_path = tmp_path_factory.mktemp("ref")
+    trainer, module, initial, losses = fit(tmp_path, [], "one")
     assert trainer.global_step == STEPS and trainer.accumulate_grad_batches == 1
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}, initial, losses
+    return ({k: v.detach().clone() for k, v in module.state_dict().items()}, initial, losses,
+            trainer.optimizers[0].state_dict(), logged(tmp_path / "one"))
+
+
+def assert_close_by_key(a, b, where="", **tolerance):
+    """Nested dicts/lists of tensors and numbers: the same keys, and values equal within ``tolerance``."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, set(a) ^ set(b))
+        for key in a:
+            assert_close_by_key(a[key], b[key], f"{where}[{key!r}]", **tolerance)
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_by_key(x, y, f"{where}[{i}]", **tolerance)
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{where}: {m}", **tolerance)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=tolerance["rtol"], abs=tolerance["atol"]), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -58,7 +90,7 @@ def max_difference(a: dict, b: dict) -> float:
 
 
 def test_reference_run_moves_the_weights_far_beyond_the_tolerance(reference):
-    final, initial, losses = reference
+    final, initial, losses, _, _ = reference
     assert max_difference(final, initial) > 1e-3
     assert len(losses) == STEPS and all(math.isfinite(v) for v in losses)
 
@@ -70,10 +102,28 @@ def test_reference_run_moves_the_weights_far_beyond_the_tolerance(reference):
 ])
 def test_split_batch_trains_the_same_weights_as_one_process(extra, world, rounds, reference, tmp_path):
     """Net, EMA and every buffer equal the one-process run to 1e-5: the same images, σ and noise per step, the
-    gradient of the same mean loss (DDP averages over ranks, Lightning divides by the accumulation rounds)."""
+    gradient of the same mean loss (DDP averages over ranks, Lightning divides by the accumulation rounds). The
+    logged train/loss and per-σ losses are those of the one-process run: means over micro-batches and ranks."""
     trainer, module, _, _ = fit(tmp_path, extra, "split")
     assert (world_size(trainer), trainer.accumulate_grad_batches) == (world, rounds)
     assert max_difference(module.state_dict(), reference[0]) < 1e-5
+    split, one = logged(tmp_path / "split"), reference[4]
+    assert sorted(one) == [2, 4] and all("train/loss" in one[step] for step in one)
+    assert_close_by_key(split, one, rtol=1e-5, atol=0)
+
+
+def test_two_processes_resume_exactly(reference, tmp_path):
+    """2 processes × 2 micro-batches: 2 steps, then a resume for 2 more, train the one-process 4-step run's net, EMA
+    and every entry of Adam's state (compared by key): the data position and the draws continue across ranks."""
+    ckpt = ["trainer=ddp_sim", "batch_gpu=8", "callbacks=default", "callbacks.final_report=null",
+            "callbacks.sample_grid=null", "callbacks.checkpoint.every_n_train_steps=2"]
+    fit(tmp_path, ckpt + [f"duration_kimg={2 * 32 / 1000}"], "first")
+    fit(tmp_path, ckpt + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"], "second")
+    state = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == STEPS and state["edmlab"]["run"]["cur_nimg"] == STEPS * 32
+    assert max_difference(state["state_dict"], reference[0]) < 1e-5
+    (optimizer,) = state["optimizer_states"]
+    assert_close_by_key(optimizer, reference[3], rtol=1e-4, atol=1e-6)
 
 
 def test_torchrun_ranks_share_one_run_dir_and_train_the_one_process_weights(reference, tmp_path):
