@@ -28,7 +28,8 @@ def sample_adaptive(denoiser, x, t_steps, flow: ProbabilityFlow, *, rtol: float 
     ‖(x₃ − x₂)/(atol + rtol·max(|x|, |x₃|))‖_rms ≤ 1, and the next step is h·clip(0.9·err^{−1/3}, 0.2, 5)
     (Hairer, Nørsett & Wanner I, Sec. II.4). Only the samples still running are passed to the denoiser, so a
     sample's result and its NFE (3 per tried step, plus the first and final calls) do not depend on its batch;
-    deciding which samples still run reads one flag per step from the device. schedule=linear, scaling=none."""
+    deciding which samples still run reads one flag per step from the device. schedule=linear, scaling=none. It
+    calls D between grid levels, so a denoiser's round_sigma (iDDPM's finite grid) is not applied to its steps."""
     sigmas = sigma_grid(flow, t_steps, "adaptive")
     x = x.clone()
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
