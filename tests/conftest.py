@@ -54,6 +54,27 @@ def train_tiny_run(cwd: Path, *overrides: str) -> Path:
     return cwd / "run"
 
 
+def assert_close_by_key(a, b, where="", **tolerance):
+    """Nested dicts/lists of tensors and numbers (state dicts, optimizer states): the same keys (a missing or extra
+    entry fails), and values equal within ``tolerance`` (rtol, atol; 0, 0 for bit-exact)."""
+    import torch
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, set(a) ^ set(b))
+        for key in a:
+            assert_close_by_key(a[key], b[key], f"{where}[{key!r}]", **tolerance)
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_by_key(x, y, f"{where}[{i}]", **tolerance)
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{where}: {m}", **tolerance)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=tolerance["rtol"], abs=tolerance["atol"]), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

@@ -10,7 +10,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY, compose, with_overrides
+from conftest import ROOT, TINY, assert_close_by_key, compose, with_overrides
 from hydra.core.hydra_config import HydraConfig
 
 from edmlab.lightning.run import ConfigError, build, check_run_dir, world_size
@@ -64,24 +64,6 @@ def reference(tmp_path_factory):
     assert trainer.global_step == STEPS and trainer.accumulate_grad_batches == 1
     return ({k: v.detach().clone() for k, v in module.state_dict().items()}, initial, losses,
             trainer.optimizers[0].state_dict(), logged(tmp_path / "one"))
-
-
-def assert_close_by_key(a, b, where="", **tolerance):
-    """Nested dicts/lists of tensors and numbers: the same keys, and values equal within ``tolerance``."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (where, set(a) ^ set(b))
-        for key in a:
-            assert_close_by_key(a[key], b[key], f"{where}[{key!r}]", **tolerance)
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close_by_key(x, y, f"{where}[{i}]", **tolerance)
-    elif isinstance(a, torch.Tensor):
-        torch.testing.assert_close(a, b, msg=lambda m: f"{where}: {m}", **tolerance)
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=tolerance["rtol"], abs=tolerance["atol"]), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
 
 
 def max_difference(a: dict, b: dict) -> float:

@@ -3,7 +3,7 @@ count), with and without gradient accumulation; a checkpoint of another model, b
 The 2-process (DDP) resume is in test_distributed.py."""
 import pytest
 import torch
-from conftest import TINY, compose, with_overrides
+from conftest import TINY, assert_close_by_key, compose, with_overrides
 
 from edmlab.lightning.run import build
 
@@ -20,22 +20,6 @@ def fit(tmp_path, overrides, name):
     return tmp_path / name / "checkpoints" / "last.ckpt"
 
 
-def assert_same(a, b, where="checkpoint"):
-    """Equal to the last bit, dict entries compared by key (so a missing or extra entry fails)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (where, set(a) ^ set(b))
-        for key in a:
-            assert_same(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=where)
-    else:
-        assert a == b, (where, a, b)
-
-
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -50,9 +34,9 @@ def test_exact_resume(accumulate, tmp_path):
     assert straight["global_step"] == resumed["global_step"] == 8
     assert straight["edmlab"]["run"] == resumed["edmlab"]["run"] == \
         {"batch_size": 32, "seed": 0, "data.seed": 0, "cur_nimg": 256}
-    assert_same(straight["state_dict"], resumed["state_dict"], "state_dict")
+    assert_close_by_key(straight["state_dict"], resumed["state_dict"], "state_dict", rtol=0, atol=0)
     assert len(straight["optimizer_states"]) == 1
-    assert_same(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    assert_close_by_key(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states", rtol=0, atol=0)
     assert set(straight["optimizer_states"][0]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
