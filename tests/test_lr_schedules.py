@@ -44,3 +44,17 @@ def test_config_groups_resolve_to_the_optim_values(tmp_path):
 def test_bad_schedule_is_refused(schedule, message):
     with pytest.raises(ValueError, match=message):
         learning_rate(1000, schedule)
+
+
+def test_training_module_follows_the_chosen_schedule(tmp_path):
+    """lr_schedule=edm2 reaches the optimizer step through EDMModule.learning_rate; the default keeps EDM's ramp-up."""
+    from edmlab.lightning.run import build
+
+    tiny = ["network.model_channels=8", "network.channel_mult=[1]", "trainer.accelerator=cpu", "logger=none",
+            "callbacks=none", "optim.lr=0.01", "optim.lr_rampup_kimg=10"]
+    _, module, _ = build(compose("train", tiny + ["lr_schedule=edm2", "lr_schedule.ref_kimg=40"], tmp_path / "a"))
+    for nimg in (0, 5_000, 10_000, 40_000, 160_000):
+        expected = 0.01 * min(nimg / 10_000, 1) / math.sqrt(max(nimg / 40_000, 1))
+        assert module.learning_rate(nimg) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+    _, module, _ = build(compose("train", tiny, tmp_path / "b"))
+    assert [module.learning_rate(n) for n in (0, 5_000, 160_000)] == [0.0, 0.005, 0.01]
