@@ -172,6 +172,7 @@ def test_img64_presets_match_nvlabs_parameter_counts_and_recipe(size, tmp_path):
     assert list(cfg.optim.betas) == [0.9, 0.99] and (cfg.noise_distribution.P_mean, cfg.noise_distribution.P_std) == (
         -0.8, 1.6)
     assert cfg.data.cond and cfg.augment is None and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.loss_weighting._target_.endswith("LearnedWeighting")
 
 
 def test_state_dict_names_and_order_are_nvlabs():
@@ -198,11 +199,13 @@ def test_bad_arguments_are_refused_with_the_fix():
 
 
 def test_digits_sized_edm2_trains_through_train_py(tmp_path, one_cpu_thread):
-    run = train_tiny_run(tmp_path, "experiment=edm2_digits", "network.channels_per_head=16", "trainer.max_steps=6")
+    run = train_tiny_run(tmp_path, "experiment=edm2_digits", "loss_weighting=learned", "network.channels_per_head=16",
+                         "trainer.max_steps=6")
     D = edmlab.load(run)
     assert type(D) is EDM2Precond and type(D.model) is EDM2UNet
     raw = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert raw["net.unet.out_gain"].abs() > 0  # trained away from its zero init
+    assert not torch.equal(raw["net.logvar_linear.weight"], raw["ema.logvar_linear.weight"])  # u(σ) trained too
     weights = [w for k, w in raw.items() if k.startswith("net.unet.") and k.endswith(".weight")]
     norms = torch.cat([w.flatten(1).norm(dim=1) / math.sqrt(w[0].numel()) for w in weights])
     # the last forward rescaled each channel to unit rms, the last Adam step (lr 0.01·6/ramp) moved it a little
