@@ -52,7 +52,7 @@ def test_training_sweep_over_seeds_gives_mean_and_se_per_combination_and_keeps_f
             job_dir(sweep, num, [f"preconditioning={precond}", f"seed={seed}"], {"digits_fd": fd, "kimg": 50.0},
                     DIGITS)
             num += 1
-    job_dir(sweep, num, ["preconditioning=vp", "seed=2"], None, DIGITS)  # a seed that crashed
+    job_dir(sweep, num, ["preconditioning=vp", "seed=2", "+launcher=joblib"], None, DIGITS)  # a seed that crashed
 
     report = write_report(sweep)
 

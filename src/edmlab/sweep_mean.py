@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEED_KEYS = ("seed", "seeds")
+LAUNCH_KEYS = ("launcher", "hydra.launcher.n_jobs")  # how a job was run, not what it computed (as conf/hydra's dirs)
 
 
 def standard_error(values: list[float]) -> float:
@@ -32,10 +33,10 @@ def has_seed_axis(jobs) -> bool:
 
 
 def group_overrides(job) -> dict[str, str]:
-    """The overrides that define the job's group: all but the seeds, and but the run path (``ckpt``) of an
-    evaluation whose training overrides are known (they say what the run was)."""
+    """The overrides that define the job's group: all but the seeds, the launcher, and the run path (``ckpt``) of
+    an evaluation whose training overrides are known (they say what the run was)."""
     return {k: v for k, v in job.overrides.items()
-            if k not in SEED_KEYS and not (k == "ckpt" and job.run_overrides)}
+            if k not in SEED_KEYS + LAUNCH_KEYS and not (k == "ckpt" and job.run_overrides)}
 
 
 def check_one_dataset(jobs) -> None:
