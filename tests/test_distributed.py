@@ -77,30 +77,44 @@ def test_reference_run_moves_the_weights_far_beyond_the_tolerance(reference):
     assert len(losses) == STEPS and all(math.isfinite(v) for v in losses)
 
 
+# A checkpoint every 2 steps, kept (epoch=0-step=2.ckpt), and no other callback.
+CHECKPOINTS = ["callbacks=default", "callbacks.final_report=null", "callbacks.sample_grid=null",
+               "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1"]
+
+
+@pytest.fixture(scope="module")
+def ddp_accumulated(tmp_path_factory):
+    """2 processes × 2 micro-batches of 8, with checkpoints: (trainer, module, run dir)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    trainer, module, _, _ = fit(tmp_path, ["trainer=ddp_sim", "batch_gpu=8", *CHECKPOINTS], "split")
+    return trainer, module, tmp_path / "split"
+
+
 @pytest.mark.parametrize("extra,world,rounds", [
     (["batch_gpu=16"], 1, 2),                     # 1 process, 2 accumulated micro-batches of 16
     (["trainer=ddp_sim"], 2, 1),                  # 2 processes (gloo) × 16
-    (["trainer=ddp_sim", "batch_gpu=8"], 2, 2),   # 2 processes × 2 micro-batches of 8
+    (None, 2, 2),                                 # 2 processes × 2 micro-batches of 8 (ddp_accumulated)
 ])
-def test_split_batch_trains_the_same_weights_as_one_process(extra, world, rounds, reference, tmp_path):
+def test_split_batch_trains_the_same_weights_as_one_process(extra, world, rounds, reference, tmp_path, request):
     """Net, EMA and every buffer equal the one-process run to 1e-5: the same images, σ and noise per step, the
     gradient of the same mean loss (DDP averages over ranks, Lightning divides by the accumulation rounds). The
     logged train/loss and per-σ losses are those of the one-process run: means over micro-batches and ranks."""
-    trainer, module, _, _ = fit(tmp_path, extra, "split")
+    if extra is None:
+        trainer, module, run = request.getfixturevalue("ddp_accumulated")
+    else:
+        (trainer, module, _, _), run = fit(tmp_path, extra, "split"), tmp_path / "split"
     assert (world_size(trainer), trainer.accumulate_grad_batches) == (world, rounds)
     assert max_difference(module.state_dict(), reference[0]) < 1e-5
-    split, one = logged(tmp_path / "split"), reference[4]
+    split, one = logged(run), reference[4]
     assert sorted(one) == [2, 4] and all("train/loss" in one[step] for step in one)
     assert_close_by_key(split, one, rtol=1e-5, atol=0)
 
 
-def test_two_processes_resume_exactly(reference, tmp_path):
-    """2 processes × 2 micro-batches: 2 steps, then a resume for 2 more, train the one-process 4-step run's net, EMA
-    and every entry of Adam's state (compared by key): the data position and the draws continue across ranks."""
-    ckpt = ["trainer=ddp_sim", "batch_gpu=8", "callbacks=default", "callbacks.final_report=null",
-            "callbacks.sample_grid=null", "callbacks.checkpoint.every_n_train_steps=2"]
-    fit(tmp_path, ckpt + [f"duration_kimg={2 * 32 / 1000}"], "first")
-    fit(tmp_path, ckpt + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"], "second")
+def test_two_processes_resume_exactly(reference, ddp_accumulated, tmp_path):
+    """The 2-process run's step-2 checkpoint, resumed for the 2 last steps on 2 processes, gives the one-process
+    4-step run's net, EMA and every entry of Adam's state (compared by key): data position and draws continue."""
+    step_2 = ddp_accumulated[2] / "checkpoints" / "epoch=0-step=2.ckpt"
+    fit(tmp_path, ["trainer=ddp_sim", "batch_gpu=8", *CHECKPOINTS, f"ckpt_path='{step_2}'"], "second")
     state = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == STEPS and state["edmlab"]["run"]["cur_nimg"] == STEPS * 32
     assert max_difference(state["state_dict"], reference[0]) < 1e-5
