@@ -3,7 +3,8 @@ directory of the sweep into one table and plots the primary metric.
 
 Written into the sweep directory: ``sweep.csv`` and ``sweep.md`` (one row per job: the job number, its overrides,
 then its scalar metrics, ``nfe``, ``status`` and ``error``), ``<metric>_vs_rho.png`` when ρ varies and
-``<metric>_vs_nfe.png`` when the number of steps varies, one line per combination of the other swept values
+``<metric>_vs_nfe.png`` when the number of steps varies (likewise ``_vs_std`` for a post-hoc EMA sweep
+``ema.std=...`` and ``_vs_guidance`` for ``guidance=...``), one line per combination of the other swept values
 (e.g. per solver). The primary metric is the first one present of ``PRIMARY_METRICS``.
 
 Failed jobs stay in the table (``status: failed`` with their error; a job directory without ``metrics.json``
@@ -229,8 +230,8 @@ def markdown(header: list[str], table: list[list], title: str = "") -> str:
 
 
 def plot_metric(jobs: list[Job], metric: str, x_name: str, path: Path) -> Path | None:
-    """``metric`` against ``x_name`` ("rho" or "nfe") for the successful jobs, one line per combination of the
-    other overrides that vary (e.g. per solver); None when x does not vary."""
+    """``metric`` against ``x_name`` ("rho", "nfe", "std" or "guidance") for the successful jobs, one line per
+    combination of the other overrides that vary (e.g. per solver); None when x does not vary."""
     x_of = (lambda j: j.scalar("nfe")) if x_name == "nfe" else (lambda j: as_number(j.setting(x_name)))
     x_keys = ("num_steps", "nfe") if x_name == "nfe" else (x_name,)  # sampler.nfe=5,6,… sweeps set nfe itself
     points = [(j, x_of(j), j.scalar(metric)) for j in jobs if j.ok]
@@ -270,7 +271,8 @@ def plot_metric(jobs: list[Job], metric: str, x_name: str, path: Path) -> Path |
             ticks.append(x)
     ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel({"rho": "ρ (EDM time-step exponent)", "nfe": "NFE (denoiser evaluations)"}[x_name])
+    ax.set_xlabel({"rho": "ρ (EDM time-step exponent)", "nfe": "NFE (denoiser evaluations)",
+                   "std": "EMA σ_rel (post-hoc, ema.std)", "guidance": "guidance weight w"}[x_name])
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)
     if len(series) > 6:
@@ -329,7 +331,7 @@ def write_report(sweep_dir: str | Path, plots: bool = True, jobs: list[Job] | No
                                                                  sweep_dir / f"{metric}_mean.png")) is not None:
             files.append(path)
     if plots and metric is not None:
-        for x_name in ("rho", "nfe"):
+        for x_name in ("rho", "nfe", "std", "guidance"):
             path = plot_metric(jobs, metric, x_name, sweep_dir / f"{metric}_vs_{x_name}.png")
             if path is not None:
                 files.append(path)

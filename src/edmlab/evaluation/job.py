@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..distributed import Ranks, env_ranks, init_process_group, rank_device
 from ..generation import Drawn, draw
+from ..guidance import GuidedDenoiser, guided_nfe, load_guide
 from ..sampling import sigma_range, sigma_steps
 from ..solvers import CountingDenoiser
 from ..threads import num_threads
@@ -40,7 +41,12 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     need(cfg.num_samples >= ranks.world, f"num_samples={cfg.num_samples} is fewer than the {ranks.world} processes: "
                                          f"ask for at least one sample per process")
     sampler_kwargs = OmegaConf.to_container(cfg.sampler, resolve=True)
-    subject = ranks.agree(load_subject, str(cfg.ckpt), device, cfg.class_label)
+    subject = ranks.agree(load_subject, str(cfg.ckpt), device, cfg.class_label, cfg.ema.std, cfg.ema.at_kimg)
+    if cfg.guide is not None or cfg.guidance != 1.0:
+        need(cfg.guide is not None, f"guidance={cfg.guidance} needs guide=<run dir | network file> (autoguidance) or "
+                                    f"guide=uncond (classifier-free guidance)")
+        subject.denoiser = GuidedDenoiser(subject.denoiser, ranks.agree(load_guide, str(cfg.guide), subject.denoiser,
+                                                                        device), cfg.guidance, cfg.guidance_interval)
     if cfg.class_label is not None:
         need(subject.label_dim > 0, f"class_label={cfg.class_label} but {cfg.ckpt} is unconditional (label_dim 0); "
                                     f"use class_label=null")
@@ -51,13 +57,17 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
          f"save=png writes images, but {cfg.ckpt} makes points of shape {list(subject.shape)}; use save=npz")
     need(subject.is_image or not (cfg.metrics.fid.ref is not None or cfg.metrics.kid or cfg.metrics.isc),
          f"FID/KID/IS score images, but {cfg.ckpt} makes points; drop metrics.fid.ref/kid/isc")
-    lo, hi = sigma_range(sampler_kwargs["discretization"], sampler_kwargs.get("sigma_min"),
-                         sampler_kwargs.get("sigma_max"), subject.denoiser)
-    sigma_start = float(sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))[0])
+    levels = sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))
+    sigma_start = float(levels[0])
+    lo, hi = ((float(levels[-2]), sigma_start) if sampler_kwargs["discretization"] == "custom" else
+              sigma_range(sampler_kwargs["discretization"], sampler_kwargs.get("sigma_min"),
+                          sampler_kwargs.get("sigma_max"), subject.denoiser, sampler_kwargs.get("epsilon_s", 1e-3)))
     with num_threads(None if subject.is_image else 1):  # points: thousands of tiny operations
         record, drawn = measure(cfg, subject, sampler_kwargs, sigma_start, ranks)
     if not ranks.is_zero:
         return None, None
+    if isinstance(subject.denoiser, GuidedDenoiser):
+        record.update(guided_nfe(subject.denoiser, record["nfe"]))
     grid = save_picture(out, subject, drawn.samples, int(cfg.grid_images))
     save_samples(out, subject, drawn, str(cfg.save))
     record["config"] = config_summary(cfg, sigma_min=lo, sigma_max=hi, sigma_start=sigma_start,

@@ -6,6 +6,7 @@ import torch
 
 from ..export import load
 from ..mixture import GaussianMixture
+from ..phema import load_reconstructed
 
 BENCH = "bench:"
 SCORED_DATASETS = ("DigitsDataset", "PointsDataset")
@@ -59,12 +60,16 @@ def training_dataset(config: dict | None):
     return instantiate(spec)
 
 
-def load_subject(ckpt: str, device: torch.device, class_label: int | None = None) -> Subject:
+def load_subject(ckpt: str, device: torch.device, class_label: int | None = None, ema_std: float | None = None,
+                 at_kimg: float | None = None) -> Subject:
+    """``ema_std``: the post-hoc EMA of that relative std, reconstructed from the snapshots of an ema=power run."""
+    if ckpt.startswith(BENCH) and ema_std is not None:
+        raise ValueError(f"ema.std={ema_std} reconstructs a trained run's EMA; {ckpt} is an exact denoiser: drop ema.std")
     if ckpt.startswith(BENCH):
         mixture = bench_mixture(ckpt[len(BENCH):])
         label_dim = mixture.num_components if class_label is not None else 0
         return Subject(mixture, (mixture.dim,), label_dim, torch.device("cpu"), ckpt, mixture=mixture)
-    denoiser = load(ckpt, device)
+    denoiser = load(ckpt, device) if ema_std is None else load_reconstructed(ckpt, ema_std, at_kimg, device)
     dataset = training_dataset(denoiser.training_config)
     kind = type(dataset).__name__ if dataset is not None else "network"
     return Subject(denoiser, tuple(denoiser.model_spec["shape"]), int(getattr(denoiser, "label_dim", 0)), device,

@@ -107,3 +107,19 @@ class FinalReport(L.Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image("final/samples", [str(out / "samples.png")], step=trainer.global_step)
+        self.loss_figure(trainer)
+
+    def loss_figure(self, trainer):
+        """EDM Fig. 5a, the loss per σ at several points of training (``edmlab.viz.loss_curves``), from the CSV log
+        flushed here: ``loss_per_sigma.png`` in the run dir and on W&B; skipped without a CSV log or logged bins."""
+        from ..viz.loss_curves import plot_run
+
+        for logger in trainer.loggers:
+            logger.save()
+        try:
+            path = plot_run(self.output_dir)
+        except (FileNotFoundError, ValueError):
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("final/loss_per_sigma", [str(path)], step=trainer.global_step)

@@ -13,7 +13,6 @@ Logged statistics are those of NVlabs/edm's training_stats 'Loss/loss': ``train/
 the bin). The optimised loss keeps
 NVlabs' reduction instead: the sum over pixels, mean over images (so its learning rates carry over).
 """
-import copy
 import math
 
 import lightning as L
@@ -22,7 +21,9 @@ import torch
 from ..export import build, build_denoiser
 from ..generation import draw
 from ..loss import DenoisingLoss
-from .ema import ema_beta, ema_update
+from ..lr_schedules import learning_rate
+from ..phema import carry_snapshots
+from .ema import PowerEMA, build_ema
 
 SIGMA_BINS = torch.logspace(math.log10(0.002), math.log10(80.0), 9)
 
@@ -30,7 +31,9 @@ SIGMA_BINS = torch.logspace(math.log10(0.002), math.log10(80.0), 9)
 class EDMModule(L.LightningModule):
     """``model``: {network, network_kwargs, preconditioning} specs (``_target_`` dicts); ``noise_distribution``,
     ``loss_weighting`` and ``augment`` likewise (augment may be None); ``optim``: lr, betas, eps, lr_rampup_kimg;
-    ``ema``: halflife_kimg, rampup_ratio; ``sampler``: keyword arguments of ``edmlab.sample`` for previews;
+    ``ema``: the ``ema`` group (kind traditional: halflife_kimg, rampup_ratio; kind power: stds, snapshot_kimg,
+    snapshot_dir); ``lr_schedule``: the ``lr_schedule`` group (None: EDM's ramp-up from ``optim``);
+    ``sampler``: keyword arguments of ``edmlab.sample`` for previews;
     ``batch_size``: the global batch (images per optimizer step over all devices).
 
     Speed options: ``channels_last`` stores the UNet's 4-D weights and the images NHWC (faster convolutions with
@@ -41,14 +44,19 @@ class EDMModule(L.LightningModule):
 
     def __init__(self, model: dict, noise_distribution: dict, loss_weighting: dict, augment: dict | None,
                  optim: dict, ema: dict, sampler: dict, batch_size: int, seed: int = 0, config: dict | None = None,
-                 compile: bool = False, channels_last: bool = False):
+                 compile: bool = False, channels_last: bool = False, lr_schedule: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_denoiser(model)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.ema_tracker = build_ema(self.net, ema)
+        self.ema = self.ema_tracker.averages[0]  # previews and network.pt; with ema=power the first std's EMA
+        if len(self.ema_tracker.averages) > 1:
+            self.ema_others = torch.nn.ModuleList(self.ema_tracker.averages[1:])
         self.loss_fn = DenoisingLoss(build(noise_distribution), build(loss_weighting))
+        if isinstance(self.loss_fn.weighting, torch.nn.Module):
+            self.loss_weighting = self.loss_fn.weighting  # learned u(σ): trained with the net, saved in checkpoints
         self.augment_pipe = build(augment) if augment else None
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -128,18 +136,33 @@ class EDMModule(L.LightningModule):
             self.step_loss = sums[-1] / counts[-1]
             self.log("train/loss", self.step_loss, prog_bar=True, on_step=True, on_epoch=False)
             self.log_dict(stats, on_step=True, on_epoch=False)
+            if hasattr(self.loss_fn.weighting, "u"):
+                self.log_dict(self._learned_u(edges, counts), on_step=True, on_epoch=False)
             self._sums.zero_()
         self._sums[:, -1] = 0
 
+    @torch.no_grad()
+    def _learned_u(self, edges, counts) -> dict:
+        """u(σ) of a learned weighting at the geometric centre of each σ bin that has images (e^u tracks the bin's
+        mean loss): ``learned_u/<lo>-<hi>``, next to ``loss_per_sigma/<lo>-<hi>``."""
+        inner = [min(max(e, edges[1]), edges[-2]) for e in edges]
+        centers = torch.tensor([math.sqrt(a * b) for a, b in zip(inner[:-1], inner[1:])], device=self.device)
+        u = self.loss_fn.log_variance(self.net, centers).tolist()
+        return {f"learned_u/{edges[k]:.3g}-{edges[k + 1]:.3g}": u[k] for k in range(len(u)) if counts[k] > 0}
+
     def configure_optimizers(self):
         o = self.hparams.optim
-        return torch.optim.Adam(self.net.parameters(), lr=o["lr"], betas=tuple(o.get("betas", (0.9, 0.999))),
+        params = list(self.net.parameters()) + (list(self.loss_weighting.parameters())
+                                                if hasattr(self, "loss_weighting") else [])
+        return torch.optim.Adam(params, lr=o["lr"], betas=tuple(o.get("betas", (0.9, 0.999))),
                                 eps=o.get("eps", 1e-8))
 
     def learning_rate(self, cur_nimg: int) -> float:
-        """lr·min(cur_nimg / (lr_rampup_kimg·1000), 1) (EDM's ramp-up)."""
+        """α(cur_nimg) of the ``lr_schedule`` (``edmlab.lr_schedules``); by default EDM's ramp-up from ``optim``."""
         o = self.hparams.optim
-        return o["lr"] * min(cur_nimg / max(o.get("lr_rampup_kimg", 10000) * 1000, 1e-8), 1)
+        schedule = self.hparams.get("lr_schedule") or {"kind": "edm", "lr": o["lr"],
+                                                        "rampup_kimg": o.get("lr_rampup_kimg", 10000)}
+        return learning_rate(cur_nimg, schedule)
 
     def on_before_optimizer_step(self, optimizer):
         for p in self.net.parameters():
@@ -152,9 +175,18 @@ class EDMModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step(closure=optimizer_closure)
-        e = self.hparams.ema
-        ema_update(self.ema, self.net, ema_beta(self.batch_size, cur_nimg, e["halflife_kimg"], e.get("rampup_ratio")))
+        self.ema_tracker.update(cur_nimg, self.batch_size)
+        if isinstance(self.ema_tracker, PowerEMA) and self.ema_tracker.snapshot_due(cur_nimg, self.batch_size):
+            self._snapshot(cur_nimg + self.batch_size)
         self.log_dict({"train/lr": lr, "train/kimg": (cur_nimg + self.batch_size) / 1000}, on_step=True, on_epoch=False)
+
+    def _snapshot(self, nimg: int):
+        if self.trainer.is_global_zero:
+            self.ema_tracker.snapshot(nimg, dict(self.hparams.model), self.hparams.config)
+
+    def on_train_end(self):
+        if isinstance(self.ema_tracker, PowerEMA):
+            self._snapshot(self.cur_nimg)
 
     def _run(self) -> dict:
         """What a resumed run must share with the checkpoint (the schedules, data order and draws follow from it)."""
@@ -177,6 +209,9 @@ class EDMModule(L.LightningModule):
                     if saved.get(k) != self.hparams.model.get(k)}
             raise ValueError(f"the checkpoint was trained with another model: {diff} (checkpoint, now). Resume with "
                              f"the same network/preconditioning/data options, or start a new run")
+        if isinstance(self.ema_tracker, PowerEMA) and self.trainer.is_global_zero:
+            carry_snapshots(checkpoint.get("hyper_parameters", {}).get("ema", {}).get("snapshot_dir") or "",
+                            self.ema_tracker.snapshot_dir, checkpoint["global_step"] * self.batch_size)
 
     @torch.no_grad()
     def generate(self, seeds, use_ema: bool = True, batch: int | None = None, **overrides) -> torch.Tensor:

@@ -32,7 +32,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _need(cfg.duration_kimg > 0, f"duration_kimg={cfg.duration_kimg} must be > 0")
     _need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
     _need(cfg.optim.lr_rampup_kimg >= 0, f"optim.lr_rampup_kimg={cfg.optim.lr_rampup_kimg} must be >= 0")
-    _need(cfg.ema.halflife_kimg >= 0, f"ema.halflife_kimg={cfg.ema.halflife_kimg} must be >= 0")
+    _need(cfg.ema.get("halflife_kimg", 0) >= 0, f"ema.halflife_kimg={cfg.ema.get('halflife_kimg')} must be >= 0")
     _need(cfg.sigma_data > 0, f"sigma_data={cfg.sigma_data} must be > 0")
     for key in ("compile", "channels_last"):
         _need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r} must be true or false")
@@ -160,6 +160,7 @@ def build(cfg: DictConfig):
                        loss_weighting=container["loss_weighting"],
                        augment=container.get("augment"),
                        optim=container["optim"], ema=container["ema"], sampler=container["sampler"],
+                       lr_schedule=container.get("lr_schedule"),
                        batch_size=cfg.batch_size, seed=cfg.seed, config=container,
                        compile=bool(cfg.get("compile", False)), channels_last=bool(cfg.get("channels_last", False)))
     if cfg.get("init_from"):
