@@ -4,6 +4,7 @@ The file (``torch.save``) holds ``format``, the specs (``_target_`` dicts) of th
 preconditioning, the data-dependent network keywords, the EMA weights and the resolved run config. ``load`` also
 reads a Lightning checkpoint of ``edmlab.lightning.EDMModule`` (its EMA weights).
 """
+import functools
 import importlib
 import inspect
 from pathlib import Path
@@ -20,11 +21,14 @@ def resolve(target: str):
 
 
 def build(spec: dict, **extra):
-    """Instantiate a ``{'_target_': 'pkg.Class', **kwargs}`` spec (what Hydra's instantiate does for a flat spec)."""
+    """Instantiate a ``{'_target_': 'pkg.Class', **kwargs}`` spec as Hydra's ``instantiate`` does for a flat spec:
+    with ``_partial_: true`` the result is ``functools.partial(Class, **kwargs)``, to be called with what is known
+    later (a network spec waits for the data's keywords)."""
     spec = dict(spec)
-    target = spec.pop("_target_")
-    spec.pop("_partial_", None)
-    return resolve(target)(**spec, **extra)
+    target = resolve(spec.pop("_target_"))
+    if spec.pop("_partial_", False):
+        return functools.partial(target, **spec, **extra)
+    return target(**spec, **extra)
 
 
 def build_denoiser(model_spec: dict) -> torch.nn.Module:
@@ -37,7 +41,7 @@ def build_denoiser(model_spec: dict) -> torch.nn.Module:
         precond = resolve(model_spec["preconditioning"]["_target_"])
         kwargs["out_channels"] *= getattr(precond, "out_channels_factor", 1)
     try:
-        net = build(model_spec["network"], **kwargs)
+        net = build({**model_spec["network"], "_partial_": True})(**kwargs)
     except TypeError as e:
         raise ValueError(f"network {model_spec['network'].get('_target_')} does not fit the data "
                          f"({model_spec['network_kwargs']}): {e}. Use a UNet (network=digits_small/ddpmpp/ncsnpp/adm) "
