@@ -355,7 +355,8 @@ def test_fid_and_kid_agree_with_torchmetrics(weights, images, features):
     """An independent implementation: torchmetrics' FrechetInceptionDistance runs its own copy of the Inception
     forward pass (same random weights, TF1 resize), its own statistics and Fréchet distance (eigenvalues of Σ₁Σ₂);
     its KernelInceptionDistance, given our features, its own polynomial-kernel MMD. KID subsets of the whole sets
-    make every subset the same, so the spread is 0; torchmetrics keeps KID features in float32 (rel. ~1e-6)."""
+    make every subset the same, so the spread is 0; torchmetrics keeps KID features in float32 and sums them in a random
+    subset order, which moves its value by up to ~2e-5 relative (3.6e-7 on 0.0167 was seen), hence rel 1e-4."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -374,5 +375,5 @@ def test_fid_and_kid_agree_with_torchmetrics(weights, images, features):
     kid.update(pool_noise, real=False)
     theirs, theirs_spread = kid.compute()
     ours, spread = kid_from_features(pool_noise, pool_smooth, subsets=2)
-    assert ours == pytest.approx(float(theirs), rel=2e-5)
-    assert spread == 0.0 and abs(float(theirs_spread)) < 1e-5 * ours  # float32 sums in random subset order
+    assert ours == pytest.approx(float(theirs), rel=1e-4)
+    assert spread == 0.0 and abs(float(theirs_spread)) < 1e-4 * ours
