@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import compose, with_overrides
+from conftest import assert_close_by_key, compose, with_overrides
 from scipy import integrate
 
 import edmlab
@@ -165,16 +165,15 @@ def test_power_ema_run_snapshots_survive_resume_and_reconstruct(tmp_path, one_cp
     names = [f.name for f in sorted((tmp_path / "second" / "phema").glob("snapshot-*.pt"))]
     assert names == [f.name for f in sorted((tmp_path / "straight" / "phema").glob("snapshot-*.pt"))]
     assert len(names) == 4
+    assert len(straight.ema_tracker.averages) == len(resumed.ema_tracker.averages)
     for a, b in zip(straight.ema_tracker.averages, resumed.ema_tracker.averages):
-        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-            torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
+        assert_close_by_key(a.state_dict(), b.state_dict(), rtol=0, atol=0)
 
     (path,) = phema.write_networks(tmp_path / "second", [0.10])
     assert path.name == "network-phema-0.100.pt"
     loaded = edmlab.load(path)
     # 0.10 was tracked, so its post-hoc reconstruction at the last snapshot is (nearly) the tracked EMA itself.
-    for (k, x), y in zip(resumed.ema_tracker.averages[1].state_dict().items(), loaded.state_dict().values()):
-        torch.testing.assert_close(y, x, rtol=0, atol=1e-5, msg=k)
+    assert_close_by_key(dict(loaded.state_dict()), dict(resumed.ema_tracker.averages[1].state_dict()), rtol=0, atol=1e-5)
 
 
 def test_phema_command_line_and_eval(tmp_path, one_cpu_thread, capsys):
