@@ -105,6 +105,14 @@ def test_learned_weighting_trains_with_the_network(tmp_path, one_cpu_thread):
         logged = (tmp_path / precond / "csv").rglob("metrics.csv")
         header = next(iter(logged)).read_text().splitlines()[0]
         assert "learned_u/" in header and "loss_per_sigma/" in header
+        # EDM's nan_to_num of the gradients (NaN → 0, ±inf → ±1e5) covers u(σ)'s parameters too.
+        for p in params:
+            p.grad = torch.full_like(p, math.nan)
+        module.loss_weighting.linear.weight.grad[..., 0] = math.inf
+        module.on_before_optimizer_step(trainer.optimizers[0])
+        assert module.loss_weighting.linear.weight.grad[..., 0].eq(1e5).all()
+        assert all(p.grad[..., 1:].eq(0).all() if p is module.loss_weighting.linear.weight else p.grad.eq(0).all()
+                   for p in params)
 
 
 def test_edm2_preconditioning_trains_its_own_u_head():

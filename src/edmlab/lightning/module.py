@@ -165,7 +165,7 @@ class EDMModule(L.LightningModule):
         return learning_rate(cur_nimg, schedule)
 
     def on_before_optimizer_step(self, optimizer):
-        for p in self.net.parameters():
+        for p in (p for group in optimizer.param_groups for p in group["params"]):  # the net and a learned u(σ)
             if p.grad is not None:
                 torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
 
