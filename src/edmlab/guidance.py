@@ -64,10 +64,12 @@ class GuidedDenoiser:
         labels = {} if class_labels is None else {"class_labels": class_labels}
         denoised = self.denoiser(x, sigma, **labels, **kwargs)
         self.calls["denoiser"] += 1
-        s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
-        inside = (s >= self.interval[0]) & (s <= self.interval[1])
-        if not bool(inside.any()):
-            return denoised
+        everywhere = self.interval == (0.0, math.inf)
+        if not everywhere:  # only a limited interval needs σ on the host (one sync per call)
+            s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
+            inside = (s >= self.interval[0]) & (s <= self.interval[1])
+            if not bool(inside.any()):
+                return denoised
         guide_labels = labels if int(getattr(self.guide, "label_dim", 0) or 0) else {}
         reference = self.guide(x, sigma, **guide_labels, **kwargs)
         self.calls["guide"] += 1
@@ -75,7 +77,7 @@ class GuidedDenoiser:
             raise ValueError(f"the guide returned shape {list(reference.shape)} for inputs of shape {list(x.shape)}: "
                              f"the guide must be trained on the same data")
         guided = torch.lerp(reference.to(denoised.dtype), denoised, self.guidance)
-        return torch.where(inside.reshape(-1, *[1] * (x.ndim - 1)), guided, denoised)
+        return guided if everywhere else torch.where(inside.reshape(-1, *[1] * (x.ndim - 1)), guided, denoised)
 
 
 class Unconditional:
