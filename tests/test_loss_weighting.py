@@ -72,10 +72,22 @@ def test_learned_loss_is_the_formula():
     lam = (sigma**2 + SIGMA_D**2) / (sigma * SIGMA_D) ** 2
     err = ((denoiser(images + noise * sigma[:, None], sigma) - images) ** 2).sum(1)
     c = (sigma.log() / 4)[:, None]
-    features = math.sqrt(2) * torch.cos(2 * math.pi * (c * weighting.freqs + weighting.phases))
+    omega, phi = weighting.fourier.freqs, weighting.fourier.phases  # 2π·f_k and 2π·φ_k
+    features = math.sqrt(2) * torch.cos(c * omega + phi)
     u = (features * weighting.linear.weight[0]).sum(1)
     torch.testing.assert_close(out.loss, (lam / u.exp() * err + 2 * u).mean(), rtol=1e-6, atol=0)
     torch.testing.assert_close(out.per_image, lam * err, rtol=1e-6, atol=0)
+
+
+def test_learned_weighting_reads_checkpoints_of_the_old_layout():
+    """Before the features moved into ``fourier`` the state held f_k and φ_k (no 2π) as ``freqs``/``phases``:
+    such a state loads strictly and gives u(c) = Σ_k w_k·√2·cos(2π(f_k·c + φ_k))."""
+    f, phase, w = torch.randn(6), torch.rand(6), torch.randn(1, 6)
+    weighting = LearnedWeighting(num_features=6)
+    weighting.load_state_dict({"freqs": f, "phases": phase, "linear.weight": w})
+    c = torch.tensor([-1.2, 0.0, 0.7])
+    expected = (math.sqrt(2) * torch.cos(2 * math.pi * (c[:, None] * f + phase)) * w[0]).sum(1)
+    torch.testing.assert_close(weighting.u(c), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_denoiser_without_c_noise_is_refused():

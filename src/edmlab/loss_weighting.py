@@ -51,17 +51,22 @@ class LearnedWeighting(nn.Module, LossWeighting):
 
             base = build(base)
         self.base = base if base is not None else EDMWeighting(sigma_data)
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("freqs", fourier_scale * torch.randn(num_features, generator=g))
-        self.register_buffer("phases", torch.rand(num_features, generator=g))
+        from .nets.edm2 import MPFourier
+
+        self.fourier = MPFourier(num_features, fourier_scale, generator=torch.Generator().manual_seed(seed))
         self.linear = nn.Linear(num_features, 1, bias=False)
         nn.init.zeros_(self.linear.weight)
 
     def u(self, c_noise: torch.Tensor) -> torch.Tensor:
         """u(σ) for c_noise(σ) of any shape (same shape out), in float32."""
-        c = c_noise.to(torch.float32).reshape(-1, 1)
-        features = math.sqrt(2) * torch.cos(2 * math.pi * (c * self.freqs + self.phases))
-        return self.linear(features).reshape(c_noise.shape)
+        return self.linear(self.fourier(c_noise.to(torch.float32).reshape(-1))).reshape(c_noise.shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the features moved into ``fourier`` stored f_k and φ_k without the 2π."""
+        for name in ("freqs", "phases"):
+            if prefix + name in state_dict:
+                state_dict[f"{prefix}fourier.{name}"] = 2 * math.pi * state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, sigma):
         return self.base(sigma)

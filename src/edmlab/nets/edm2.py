@@ -61,12 +61,13 @@ def resample(x: torch.Tensor, taps=(1, 1), mode: str = "keep") -> torch.Tensor:
 
 class MPFourier(torch.nn.Module):
     """Magnitude-preserving Fourier features √2·cos(2π(f·x + φ)), f ~ N(0, bandwidth²), φ ~ U[0, 1) fixed at
-    construction (EDM2 Eq. 75); unit RMS over the random phases."""
+    construction (EDM2 Eq. 75) from ``generator`` (None: torch's global one, as NVlabs); unit RMS over the random
+    phases."""
 
-    def __init__(self, num_channels: int, bandwidth: float = 1.0):
+    def __init__(self, num_channels: int, bandwidth: float = 1.0, generator: torch.Generator | None = None):
         super().__init__()
-        self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels) * bandwidth)
-        self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels))
+        self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels, generator=generator) * bandwidth)
+        self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels, generator=generator))
 
     def forward(self, x):
         y = torch.outer(x.to(torch.float32), self.freqs.to(torch.float32)) + self.phases.to(torch.float32)
