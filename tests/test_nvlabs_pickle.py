@@ -331,6 +331,7 @@ def test_train_init_from_a_pickle_starts_from_its_weights(tmp_path, marker, tiny
 
 
 # --- NVlabs' Inception detector (metrics.fid.detector=nvlabs) and precision/recall (metrics.prc) ---------------
+# (the detector files themselves: tests/test_nvlabs_inception.py)
 
 class ToyDetector(torch.nn.Module):
     """The detector's interface (uint8 [N, 3, H, W] → [N, features] with return_features=True) at toy cost."""
@@ -357,36 +358,6 @@ def toy_detector_files(tmp_path, marker, features: int = 2048):
         pkl = tmp_path / f"inception-{features}.pkl"
         pkl.write_bytes(pickle.dumps(record))
     return scripted, pt, pkl
-
-
-def test_nvlabs_detector_loads_from_pt_and_pkl(tmp_path, marker):
-    from edmlab.metrics.nvlabs_inception import nvlabs_features
-
-    scripted, pt, pkl = toy_detector_files(tmp_path, marker)
-    rgb = torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    want = scripted(rgb, return_features=True).double()
-    for path in (pt, pkl):
-        assert torch.equal(nvlabs_features(rgb, str(path), batch_size=2), want)
-    grey = rgb[:, :1]
-    assert torch.equal(nvlabs_features(grey, str(pkl)), scripted(grey.repeat(1, 3, 1, 1), return_features=True).double())
-
-
-def test_nvlabs_detector_bad_files(tmp_path, marker):
-    from edmlab.metrics.nvlabs_inception import load_detector
-
-    with pytest.raises(FileNotFoundError, match=r"metrics\.fid\.detector=nvlabs needs NVlabs' Inception detector, not "
-                                                rf"found at {tmp_path}/inception\.pkl: download https://api\.ngc.*"
-                                                r"pass metrics\.fid\.detector_path=/path/to/inception-2015-12-05\.pkl"):
-        load_detector(str(tmp_path / "inception.pkl"))
-    spec = toy_spec("EDMPrecond", "ddpmpp")
-    network = write_snapshot(tmp_path / "edm.pkl", random_denoiser(spec), spec, marker)
-    with pytest.raises(ValueError, match=rf"^{network}: no TorchScript module inside; expected NVlabs' "
-                                         r"inception-2015-12-05\.pkl"):
-        load_detector(str(network))
-    _, pt, _ = toy_detector_files(tmp_path, marker, features=100)
-    with pytest.raises(ValueError, match=rf"^{pt}: the detector gives features of shape \(1, 100\) for one image, "
-                                         r"expected \(1, 2048\)"):
-        load_detector(str(pt))
 
 
 def test_scores_with_the_nvlabs_detector_precision_recall(tmp_path, marker):

@@ -6,7 +6,8 @@ NVlabs/edm and NVlabs/edm2 pickle every object of a "persistent class" as the ca
 
 and their unpickling *executes* ``module_src``, the source of the module that defined the class. Here that call
 gives a :class:`Persistent` record of ``class_name`` and ``state`` (the object's ``__dict__``: ``_init_kwargs``,
-``_parameters``, ``_buffers``, ``_modules``, attributes); ``module_src`` is never executed or compiled. Every other
+``_parameters``, ``_buffers``, ``_modules``, attributes); ``module_src`` is kept as text and never executed or
+compiled. Every other
 global the file names must be one of ``ALLOWED`` (tensor/storage rebuilders, plain containers, numpy scalars and
 arrays, torch dtypes, torch's module containers and dnnlib's EasyDict as inert stand-ins); anything else is refused
 with an error that names it.
@@ -34,6 +35,7 @@ class Persistent:
     class_name: str
     state: dict
     version: int | None = None
+    module_src: str | None = field(default=None, repr=False)  # kept as text for inspection, never run
 
     @property
     def init_kwargs(self) -> dict:
@@ -69,7 +71,8 @@ def _reconstruct(meta) -> Persistent:
             or not isinstance(meta.get("state"), dict):
         raise UnsafePickleError(f"a persistent object whose meta is not {{type: 'class', class_name, state}} "
                                 f"(got {type(meta).__name__} with keys {sorted(meta) if isinstance(meta, dict) else '-'})")
-    return Persistent(meta["class_name"], dict(meta["state"]), meta.get("version"))
+    src = meta.get("module_src")
+    return Persistent(meta["class_name"], dict(meta["state"]), meta.get("version"), src if isinstance(src, str) else None)
 
 
 def _load_from_bytes(data: bytes):
