@@ -1,6 +1,7 @@
 """Fréchet distance against closed forms, and the Inception FID/KID/IS pipeline offline with random weights."""
 import json
 import os
+import pickle
 import shutil
 import socket
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from edmlab.metrics import frechet, inception
+from edmlab.nvlabs import UnsafePickleError
 from edmlab.metrics.frechet import (
     feature_statistics,
     frechet_distance,
@@ -175,6 +177,58 @@ def test_statistics_file_round_trip_and_errors(tmp_path):
         load_statistics(tmp_path / "garbage.npz")
     with pytest.raises(FileNotFoundError, match="ref_stats"):
         load_statistics(tmp_path / "absent.npz")
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_edm2_statistics_pickles_give_each_metric(tmp_path, protocol):
+    """NVlabs/edm2 calculate_metrics.py save_stats: pickle.dump({'num_images', 'fid': {mu, sigma}, 'fd_dinov2':
+    {mu, sigma}}) of float64 arrays: protocol 4 (pickle's default up to Python 3.13), or 5 (3.14's default; numpy's
+    arrays then pickle through _frombuffer)."""
+    rng = np.random.default_rng(7)
+    stats = {"num_images": 50000,
+             "fid": {"mu": rng.normal(size=5), "sigma": random_spd(rng, 5)},
+             "fd_dinov2": {"mu": rng.normal(size=3).astype(np.float32), "sigma": random_spd(rng, 3)}}
+    path = tmp_path / "img64.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(stats, f, protocol=protocol)
+    for metric in ("fid", "fd_dinov2"):
+        mu, sigma = load_statistics(path, metric=metric)
+        assert mu.dtype == sigma.dtype == np.float64
+        np.testing.assert_array_equal(mu, stats[metric]["mu"])
+        np.testing.assert_array_equal(sigma, stats[metric]["sigma"])
+    np.testing.assert_array_equal(load_statistics(path)[0], stats["fid"]["mu"])  # the default metric is FID
+
+
+def test_edm2_statistics_pickle_errors(tmp_path):
+    fid_only = tmp_path / "fid_only.pkl"
+    with open(fid_only, "wb") as f:
+        pickle.dump({"fid": {"mu": np.zeros(2), "sigma": np.eye(2)}}, f)
+    with pytest.raises(ValueError, match=r"fid_only\.pkl holds statistics for \['fid'\] but not 'fd_dinov2'"):
+        load_statistics(fid_only, metric="fd_dinov2")
+    listed = tmp_path / "list.pkl"
+    listed.write_bytes(pickle.dumps([np.zeros(2)]))
+    with pytest.raises(ValueError, match=r"list\.pkl holds a list, but an NVlabs/edm2 statistics pickle is a dict"):
+        load_statistics(listed)
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(pickle.dumps({"fid": {"mu": np.zeros(40), "sigma": np.eye(40)}})[:300])
+    with pytest.raises(ValueError, match=r"truncated\.pkl: truncated or corrupt statistics pickle \("):
+        load_statistics(truncated)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(b"\x80\x04cbuiltins\neval\n(V__import__('os').system('touch marker')\ntR.")
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl: refused global builtins\.eval"):
+        load_statistics(evil)
+    assert not (tmp_path / "marker").exists() and not os.path.exists("marker")
+
+
+def test_distance_to_statistics_is_the_frechet_distance_of_the_fitted_gaussian():
+    """N > D through sqrtm, N ≤ D (rank-deficient Σ_f: the N×N eigensolve) through eigh."""
+    rng = np.random.default_rng(8)
+    mu, sigma = rng.normal(size=7), random_spd(rng, 7)
+    for n, method in ((12, "sqrtm"), (5, "eigh")):
+        features = rng.normal(size=(n, 7))
+        expected = frechet_distance(*feature_statistics(features), mu, sigma, method="eigh")
+        got = frechet.frechet_distance_to_statistics(features, mu, sigma, method=method)
+        assert got == pytest.approx(expected, rel=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------- Inception, offline

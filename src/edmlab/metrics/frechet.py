@@ -4,9 +4,13 @@ time-scale update rule", Eq. 6; the FID of NVlabs/edm ``fid.py``).
     d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2·(Σ₁Σ₂)^½)
 
 μ, Σ are the mean and the unbiased (N − 1) covariance of the features, kept in float64. Statistics files are
-``.npz`` archives with the arrays ``mu`` [D] and ``sigma`` [D, D], the layout of NVlabs/edm's reference files.
+``.npz`` archives with the arrays ``mu`` [D] and ``sigma`` [D, D], the layout of NVlabs/edm's reference files, or
+NVlabs/edm2's dataset-refs pickles (``img64.pkl``, ``img512.pkl``: ``{'fid': {'mu', 'sigma'}, 'fd_dinov2': {'mu',
+'sigma'}, 'num_images': N}``, ``calculate_metrics.py`` ``save_stats``), read by a restricted unpickler that builds
+numpy arrays and plain containers only.
 """
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -124,14 +128,89 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) 
         np.savez(f, mu=mu, sigma=sigma)
 
 
-def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``mu``, ``sigma`` (float64) from an ``.npz`` of :func:`save_statistics` or NVlabs/edm ``fid.py ref``."""
+def frechet_distance_to_statistics(features: torch.Tensor | np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
+                                   method: str = "sqrtm") -> float:
+    """d² between the Gaussian fitted to ``features`` [N, D] and N(μ_ref, Σ_ref): :func:`frechet_distance` of their
+    statistics, or for ``method="eigh"`` and N ≤ D the N×N eigensolve of :func:`frechet_distance_to_features`."""
+    if method == "eigh" and len(features) <= np.shape(mu_ref)[0]:
+        return frechet_distance_to_features(features, mu_ref, sigma_ref)
+    return frechet_distance(*feature_statistics(features), mu_ref, sigma_ref, method=method)
+
+
+def _numpy_globals() -> dict:
+    """The globals a pickle of numpy arrays names: numpy's array/dtype/scalar rebuilders (protocol ≤ 4) and
+    ``_frombuffer`` (protocol 5), under numpy 1's and numpy 2's module names."""
+    from numpy._core import numeric
+
+    from edmlab.nvlabs.unpickler import ALLOWED
+
+    allowed = {key: value for key, value in ALLOWED.items() if key[0] in ("numpy", "numpy.core.multiarray",
+                                                                         "numpy._core.multiarray")}
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+def read_statistics_pickle(path: str) -> object:
+    """The object of an NVlabs/edm2 reference-statistics pickle, unpickled with numpy's array globals only: any
+    other global is refused (an ``UnsafePickleError`` naming it and the file) before anything of it runs."""
+    from edmlab.nvlabs.unpickler import RestrictedUnpickler, UnsafePickleError
+
+    allowed = _numpy_globals()
+
+    class StatisticsUnpickler(RestrictedUnpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in allowed:
+                return allowed[(module, name)]
+            raise UnsafePickleError(f"refused global {module}.{name}; reference statistics hold numpy arrays only, "
+                                    f"so nothing of this file is run or loaded")
+
+    with open(path, "rb") as f:
+        try:
+            return StatisticsUnpickler(f).load()
+        except UnsafePickleError as e:
+            raise UnsafePickleError(f"{path}: {e}") from None
+        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                MemoryError, OverflowError, UnicodeDecodeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{path}: truncated or corrupt statistics pickle ({type(e).__name__}: {reason}); "
+                             f"download NVlabs/edm2's dataset-refs file again") from None
+
+
+def _statistics_from_pickle(path: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    stats = read_statistics_pickle(path)
+    if not isinstance(stats, dict):
+        raise ValueError(f"{path} holds a {type(stats).__name__}, but an NVlabs/edm2 statistics pickle is a dict "
+                         f"{{'fid': {{mu, sigma}}, 'fd_dinov2': {{mu, sigma}}}}")
+    if metric not in stats:
+        metrics = sorted(k for k, v in stats.items() if isinstance(v, dict))
+        raise ValueError(f"{path} holds statistics for {metrics} but not {metric!r}; use a reference file made "
+                         f"for {metric} (NVlabs/edm2 dataset-refs hold 'fid' and 'fd_dinov2')")
+    entry = stats[metric]
+    if not isinstance(entry, dict) or not {"mu", "sigma"} <= set(entry) or not all(
+            isinstance(entry[k], np.ndarray) and np.issubdtype(entry[k].dtype, np.number) for k in ("mu", "sigma")):
+        raise ValueError(f"{path}: its {metric!r} entry is not {{'mu': array, 'sigma': array}}")
+    return entry["mu"].astype(np.float64), entry["sigma"].astype(np.float64)
+
+
+def load_statistics(path: str | os.PathLike, metric: str = "fid") -> tuple[np.ndarray, np.ndarray]:
+    """Read ``mu``, ``sigma`` (float64) from an ``.npz`` of :func:`save_statistics` or NVlabs/edm ``fid.py ref``,
+    or the ``metric`` entry (``fid``, ``fd_dinov2``) of an NVlabs/edm2 statistics pickle (told apart by content:
+    a ZIP archive or a pickle)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"reference statistics {path!r} not found; compute them with "
-            f"`python -m edmlab.metrics.ref_stats --data <dataset> --dest {path}` or download NVlabs/edm's npz"
+            f"`python -m edmlab.metrics.ref_stats --data <dataset> --dest {path}` or download NVlabs/edm's npz "
+            f"(FID) or NVlabs/edm2's dataset-refs .pkl (FID and FD-DINOv2)"
         )
+    with open(path, "rb") as f:
+        is_pickle = f.read(1) == pickle.PROTO
+    if is_pickle:
+        mu, sigma = _statistics_from_pickle(path, metric)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{path!r}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+        return mu, sigma
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError) as e:
