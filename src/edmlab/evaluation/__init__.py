@@ -9,7 +9,7 @@ One concern per module:
 - ``subject``: what is evaluated (a run's network and its data set, or a bench mixture);
 - ``config``: the job's settings, checked before anything runs;
 - ``reference``: the exact probability-flow ODE endpoints of a mixture and the sampler's error against them;
-- ``scoring``: the data set's metric and Inception FID/KID/IS, distributed over the ranks;
+- ``scoring``: the data set's metric, Inception FID/KID/IS and EDM2's FD-DINOv2, distributed over the ranks;
 - ``outputs``: metrics.json, samples.png, images/ or samples.npz, W&B;
 - ``job``: the job itself, one process or torchrun's ranks.
 """

@@ -36,6 +36,13 @@ def check_config(cfg: DictConfig) -> None:
     need(_is_int(cfg.grid_images) and cfg.grid_images >= 0, f"grid_images={cfg.grid_images!r} must be an integer >= 0")
     ranges = cfg.metrics.fid.seed_ranges
     need(_is_int(ranges) and ranges >= 1, f"metrics.fid.seed_ranges={ranges!r} must be an integer >= 1 (EDM: 3)")
+    dino = cfg.metrics.get("fd_dinov2") or {}
+    need(isinstance(dino.get("enabled", False), bool),
+         f"metrics.fd_dinov2.enabled={dino.get('enabled')!r} must be true or false")
+    need(_is_int(dino.get("batch", 64)) and dino.get("batch", 64) >= 1,
+         f"metrics.fd_dinov2.batch={dino.get('batch')!r} must be an integer >= 1")
+    need(dino.get("method", "sqrtm") in ("sqrtm", "eigh"),
+         f"metrics.fd_dinov2.method={dino.get('method')!r}: choose sqrtm (NVlabs/edm2) or eigh")
     allowed = set(inspect.signature(sample).parameters) - NOT_SAMPLER_SETTINGS
     unknown = sorted(set(cfg.sampler) - allowed)
     need(not unknown, f"sampler.{unknown[0] if unknown else ''} is not an argument of edmlab.sample; "

@@ -28,7 +28,7 @@ from ..threads import num_threads
 from .config import check_config, config_summary, grid_kwargs, in_multirun, job_info, need, resolve_device
 from .outputs import log_to_wandb, save_picture, save_samples, write_json
 from .reference import ode_error
-from .scoring import InceptionScores, dataset_scorer
+from .scoring import DINOv2Scores, InceptionScores, dataset_scorer
 from .subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,10 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
              f"{subject.label_dim - 1})")
     need(cfg.save != "png" or subject.is_image,
          f"save=png writes images, but {cfg.ckpt} makes points of shape {list(subject.shape)}; use save=npz")
-    need(subject.is_image or not (cfg.metrics.fid.ref is not None or cfg.metrics.kid or cfg.metrics.isc),
-         f"FID/KID/IS score images, but {cfg.ckpt} makes points; drop metrics.fid.ref/kid/isc")
+    need(subject.is_image or not (cfg.metrics.fid.ref is not None or cfg.metrics.kid or cfg.metrics.isc
+                                  or cfg.metrics.get("fd_dinov2", {}).get("enabled", False)),
+         f"FID/KID/IS/FD-DINOv2 score images, but {cfg.ckpt} makes points; drop metrics.fid.ref/kid/isc and "
+         f"metrics.fd_dinov2.enabled")
     levels = sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))
     sigma_start = float(levels[0])
     lo, hi = ((float(levels[-2]), sigma_start) if sampler_kwargs["discretization"] == "custom" else
@@ -112,6 +114,12 @@ def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start
     mcfg = cfg.metrics
     inception = ranks.agree(InceptionScores, mcfg, subject.device, ranks) if subject.is_image else None
     inception = inception if inception is not None and inception.active else None
+    dinov2 = ranks.agree(DINOv2Scores, mcfg, subject.device, ranks) if subject.is_image else None
+    dinov2 = dinov2 if dinov2 is not None and dinov2.active else None
+    feature_scorers = [s for s in (inception, dinov2) if s is not None]
+    # the Fréchet distances taken over every seed range (EDM: the minimum), with the scorers that give them
+    ranged = {key: scorer for key, scorer in (("fid", inception), ("fd_dinov2", dinov2))
+              if scorer is not None and scorer.ref is not None}
     n, ranges = int(cfg.num_samples), int(mcfg.fid.seed_ranges)
     clock = {"sample_sec": 0.0, "metric_sec": 0.0}
 
@@ -135,22 +143,28 @@ def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start
                              f"the checkpoint")
         return drawn
 
-    def inception_scores(samples: torch.Tensor, first_range: bool) -> dict:
+    def feature_scores(samples: torch.Tensor, first_range: bool) -> dict:
+        """The scores of the feature networks (Inception, DINOv2): all of them on the first range, the Fréchet
+        distances alone on the others."""
+        scores = {}
         with timed("metric_sec"):
-            return ranks.agree(inception.scores, ranks.agree(inception.outputs, samples), first_range)
+            for scorer in feature_scorers if first_range else list(dict.fromkeys(ranged.values())):
+                scores.update(ranks.agree(scorer.scores, ranks.agree(scorer.outputs, samples), first_range))
+        return scores
 
     mine = draw_range(0)
     drawn = gather_drawn(mine, ranks, latents=subject.mixture is not None and mcfg.ode_error)
     with timed("metric_sec"):
         scores, extra = ranks.agree(score_on_rank_zero, cfg, subject, drawn, sampler_kwargs, sigma_start,
                                     zero_only=True) or ({}, {})
-    if inception is not None:
-        scores.update(inception_scores(mine.samples, first_range=True))
-    if inception is not None and inception.ref is not None and ranges > 1:
-        per_range = [scores.get("fid")] + [inception_scores(draw_range(r).samples, False).get("fid")
-                                           for r in range(1, ranges)]
+    if feature_scorers:
+        scores.update(feature_scores(mine.samples, first_range=True))
+    if ranged and ranges > 1:
+        later = [feature_scores(draw_range(r).samples, False) for r in range(1, ranges)]
         if ranks.is_zero:
-            scores["fid"], scores["fid_per_range"] = min(per_range), per_range
+            for key in ranged:
+                per_range = [scores.get(key)] + [s.get(key) for s in later]
+                scores[key], scores[f"{key}_per_range"] = min(per_range), per_range
     clock["sample_sec"] = ranks.max(clock["sample_sec"])  # the ranks sample at the same time: the slowest one's
     counted = sum(ranks.all_values(counter.evaluations)) / n
     if not ranks.is_zero:

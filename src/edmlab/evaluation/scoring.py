@@ -11,6 +11,9 @@
   ranges 0–49999, 50000–99999, 100000–149999 (``metrics=fid50k``, i.e. ``metrics.fid.seed_ranges=3``).
   FID needs no gathered images: the ranks all-reduce the sums of the features and of their centred outer
   products; KID and IS gather the features or logits.
+- any image model with ``metrics.fd_dinov2.enabled``: EDM2's FD-DINOv2, the same Fréchet distance of DINOv2
+  ViT-L/14 features (``edmlab.metrics.dinov2``) against ``metrics.fd_dinov2.ref`` (NVlabs/edm2's dataset-refs
+  ``.pkl``, or ``ref_stats --detector dinov2``), over the same seed ranges as FID.
 """
 import torch
 
@@ -104,3 +107,55 @@ class InceptionScores:
         if logits is not None:
             scores["is_mean"], scores["is_std"] = inception_score_from_logits(logits)
         return scores
+
+
+class DINOv2Scores:
+    """FD-DINOv2 of image samples (NVlabs/edm2 ``calculate_metrics.py``): the Fréchet distance of their DINOv2
+    ViT-L/14 features to ``metrics.fd_dinov2.ref``, the statistics all-reduced over the ranks as for FID."""
+
+    def __init__(self, mcfg, device, ranks: Ranks = Ranks()):
+        from ..metrics.dinov2 import load_dinov2
+        from ..metrics.frechet import load_statistics
+
+        cfg = mcfg.get("fd_dinov2") or {}
+        self.enabled, self.ranks, self.device = bool(cfg.get("enabled", False)), ranks, device
+        self.weights_path, self.batch = cfg.get("weights_path"), int(cfg.get("batch", 64))
+        self.method = cfg.get("method", "sqrtm")
+        ref = cfg.get("ref")
+        if not self.enabled:
+            self.ref = None
+            if ref is not None:
+                raise ValueError(f"metrics.fd_dinov2.ref={ref} is set but metrics.fd_dinov2.enabled=false: add "
+                                 f"metrics.fd_dinov2.enabled=true (or drop the ref)")
+            return
+        if ref is None:
+            raise ValueError("metrics.fd_dinov2.enabled=true needs metrics.fd_dinov2.ref=<NVlabs/edm2 dataset-refs "
+                             ".pkl, e.g. img512.pkl, or an .npz of `python -m edmlab.metrics.ref_stats --detector "
+                             "dinov2`>")
+        self.ref = load_statistics(ref, metric="fd_dinov2")
+        features = load_dinov2(self.weights_path, device).embed_dim
+        if self.ref[0].shape[0] != features:
+            raise ValueError(f"metrics.fd_dinov2.ref={ref} holds {self.ref[0].shape[0]}-d statistics, but DINOv2 "
+                             f"features are {features}-d (an Inception .npz?); use NVlabs/edm2's dataset-refs .pkl or "
+                             f"`python -m edmlab.metrics.ref_stats --detector dinov2`")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled
+
+    def outputs(self, images: torch.Tensor) -> dict:
+        """This rank's DINOv2 features (``dinov2``) of ``images`` in [−1, 1]."""
+        from ..metrics.dinov2 import dinov2_features
+
+        return {"dinov2": dinov2_features(to_uint8(images), self.weights_path, self.batch, self.device)}
+
+    def scores(self, out: dict, first_range: bool) -> dict:
+        """``fd_dinov2`` of every rank's ``outputs`` together (a collective): on rank 0, empty elsewhere."""
+        from ..metrics.frechet import frechet_distance, frechet_distance_to_statistics
+
+        statistics = mean_covariance(out["dinov2"], self.ranks) if self.ranks.world > 1 else None
+        if not self.ranks.is_zero:
+            return {}
+        if statistics is not None:
+            return {"fd_dinov2": frechet_distance(*statistics, *self.ref, method=self.method)}
+        return {"fd_dinov2": frechet_distance_to_statistics(out["dinov2"], *self.ref, method=self.method)}

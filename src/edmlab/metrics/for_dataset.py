@@ -1,5 +1,6 @@
 """The metric that fits a data set: digits → the digits classifier's FD & co.; mixture points → distances to the
-exact distribution. Image data sets at large (CIFAR-10, folders) use FID through ``edmlab.metrics.inception``.
+exact distribution. Image data sets at large (CIFAR-10, folders) use FID through ``edmlab.metrics.inception``
+and FD-DINOv2 through ``edmlab.metrics.dinov2``.
 
 A scorer is ``samples → {name: float}``, and ``scorer.floor(n)`` is what real data scores at the same count n
 (its keys say ``floor``, so a reader cannot take it for the model's score)."""

@@ -1,10 +1,15 @@
-"""Reference statistics for FID: Inception pool3 μ and Σ (float64, unbiased) of every image of a data set.
+"""Reference statistics for FID and FD-DINOv2: μ and Σ (float64, unbiased) of the Inception pool3 features
+(``--detector inception``, the default) or of the DINOv2 ViT-L/14 features (``--detector dinov2``, EDM2's
+FD-DINOv2, ``edmlab.metrics.dinov2``) of every image of a data set.
 
     python -m edmlab.metrics.ref_stats --data DATA --dest stats.npz [--weights inception.pth] [--device cuda]
+    python -m edmlab.metrics.ref_stats --data DATA --dest dinov2.npz --detector dinov2 \
+        --dinov2-weights dinov2_vitl14_pretrain.pth
 
 DATA is ``digits`` (the embedded 8×8 digits), ``cifar10`` (from ``--root``, never downloaded) or a folder / ZIP in
 NVlabs/edm's dataset_tool format. The ``.npz`` has the keys ``mu`` and ``sigma``, like NVlabs/edm ``fid.py ref``
-(whose published files load into :func:`edmlab.metrics.fid_from_features` as they are).
+(whose published files load into :func:`edmlab.metrics.fid_from_features` as they are). NVlabs/edm2's
+dataset-refs ``.pkl`` (both metrics in one file) are read by ``edmlab.metrics.frechet.load_statistics`` too.
 """
 import argparse
 import os
@@ -40,8 +45,19 @@ def load_uint8_images(data: str, root: str = "data", split: str | None = None, m
     return to_uint8(images[:max_images])
 
 
-def compute_reference_statistics(images_uint8: torch.Tensor, weights_path=None, batch_size: int = 64, device="cpu"):
-    """(μ [2048], Σ [2048, 2048]) of the Inception pool3 features of ``images_uint8``."""
+DETECTORS = ("inception", "dinov2")
+
+
+def compute_reference_statistics(images_uint8: torch.Tensor, weights_path=None, batch_size: int = 64, device="cpu",
+                                 detector: str = "inception"):
+    """(μ [D], Σ [D, D]) of the features of ``images_uint8``: Inception pool3 (D = 2048) or DINOv2 (D = 1024);
+    ``weights_path`` is that network's weights file."""
+    if detector == "dinov2":
+        from edmlab.metrics.dinov2 import dinov2_features
+
+        return feature_statistics(dinov2_features(images_uint8, weights_path, batch_size, device))
+    if detector != "inception":
+        raise ValueError(f"detector={detector!r}: choose one of {', '.join(DETECTORS)}")
     return feature_statistics(inception_features(images_uint8, weights_path, batch_size, device))
 
 
@@ -49,7 +65,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m edmlab.metrics.ref_stats", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="'digits', 'cifar10' or a folder/ZIP of images")
     parser.add_argument("--dest", required=True, help="output .npz (keys mu, sigma)")
+    parser.add_argument("--detector", default="inception", choices=DETECTORS,
+                        help="inception: FID (default); dinov2: FD-DINOv2 (EDM2)")
     parser.add_argument("--weights", default=None, help="Inception weights file (default: torch.hub cache)")
+    parser.add_argument("--dinov2-weights", default=None,
+                        help="dinov2_vitl14_pretrain.pth for --detector dinov2 (default: torch.hub cache)")
     parser.add_argument("--root", default="data", help="folder holding cifar-10-batches-py/ (for --data cifar10)")
     parser.add_argument("--split", default=None, help="digits: all (default)/train/test; cifar10: train (default)/test")
     parser.add_argument("--max-images", type=int, default=None, help="only the first N images (default: all)")
@@ -58,10 +78,16 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 2:
         parser.error(f"--max-images must be ≥ 2 (a covariance needs 2 images), got {args.max_images}")
+    if args.detector == "dinov2":
+        from edmlab.metrics.dinov2 import resolve_weights
+
+        resolve_weights(args.dinov2_weights)  # a missing file is named before the images are read
     images = load_uint8_images(args.data, args.root, args.split, args.max_images)
-    mu, sigma = compute_reference_statistics(images, args.weights, args.batch, args.device)
+    weights = args.dinov2_weights if args.detector == "dinov2" else args.weights
+    mu, sigma = compute_reference_statistics(images, weights, args.batch, args.device, args.detector)
     save_statistics(args.dest, mu, sigma)
-    print(f"{args.dest}: mu {mu.shape}, sigma {sigma.shape} from {len(images)} images of {args.data}", file=sys.stderr)
+    print(f"{args.dest}: mu {mu.shape}, sigma {sigma.shape} from {len(images)} images of {args.data} ({args.detector})",
+          file=sys.stderr)
     return args.dest
 
 
