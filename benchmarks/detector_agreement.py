@@ -1,7 +1,8 @@
 """Do torch-fidelity's Inception-v3 and NVlabs' own detector give the same FID statistics on the same images?
 
-    .venv/bin/python benchmarks/detector_agreement.py --torch-fidelity-weights weights-inception-2015-12-05-6726825d.pth \\
-        --nvlabs-detector inception-2015-12-05.pkl [--images digits|cifar10|<zip|folder>] [--generated <zip|folder>]
+    .venv/bin/python benchmarks/detector_agreement.py \\
+        --torch-fidelity-weights weights-inception-2015-12-05-6726825d.pth --nvlabs-detector inception-2015-12-05.pkl \\
+        [--images digits|cifar10|<zip|folder>] [--generated <zip|folder>]
 
 Both detectors see the same uint8 images (grey tiled to RGB). Printed: the largest and mean absolute difference of
 the 2048-d pool features, of their means μ and covariances Σ, the Fréchet distance between the two sets of
@@ -46,13 +47,14 @@ def parse(argv):
 
 
 def missing_files(args) -> list[str]:
+    from edmlab.metrics.inception import weights_file, weights_url
+    from edmlab.metrics.nvlabs_inception import URL_PKL, URL_PT
+
     missing = []
     for option, path, what in [("--torch-fidelity-weights", args.torch_fidelity_weights,
-                                "torch-fidelity's weights-inception-2015-12-05-6726825d.pth (https://github.com/"
-                                "toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth)"),
+                                f"torch-fidelity's {weights_file()} ({weights_url()})"),
                                ("--nvlabs-detector", args.nvlabs_detector,
-                                "NVlabs' inception-2015-12-05.pkl (https://api.ngc.nvidia.com/v2/models/nvidia/research/"
-                                "stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl) or .pt")]:
+                                f"NVlabs' inception-2015-12-05.pkl ({URL_PKL}) or .pt ({URL_PT})")]:
         if path is None:
             missing.append(f"{option} not given: pass {what}")
         elif not os.path.isfile(os.path.expanduser(path)):

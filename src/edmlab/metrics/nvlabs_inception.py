@@ -7,9 +7,11 @@ published the same network as the TorchScript archive ``inception-2015-12-05.pt`
 FID; torch-fidelity's default detector is a port of the same graph, and this option exists to compare with the
 papers' FIDs to the digit.
 
-What the ``.pkl`` holds has not been verified here (no copy of it was available; see the README's section on the
-NVlabs detector). A TorchScript module cannot be pickled by itself (``torch._C.ScriptModule`` has no pickle
-support), so the file is read as a ``torch_utils.persistence`` pickle whose state carries the TorchScript archive.
+What the ``.pkl`` holds has not been verified on the file (none was available offline). NVlabs/stylegan3's
+``metrics/frechet_inception_distance.py`` calls it a "Direct TorchScript translation"; a TorchScript module cannot be
+pickled by itself (``pickle.dumps`` of one raises: the C++ module has no ``__getstate__``), so ``pickle.load`` can
+only rebuild it from the archive's bytes in Python — in NVlabs' code, a ``torch_utils.persistence`` object
+(``_reconstruct_persistent_obj(meta)``, stylegan3's ``torch_utils/persistence.py``) whose state carries the archive.
 The forms read (:func:`inspect_detector_file`):
 
 * a TorchScript archive (a ZIP file with ``code/``): NVlabs' ``.pt``;
@@ -31,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-URL_PKL = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl"
+URL_PKL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/"
+           "inception-2015-12-05.pkl")
 URL_PT = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 FEATURE_DIM = 2048
 ZIP_MAGIC = b"PK\x03\x04"  # TorchScript archives and torch.save files (since torch 1.6) are ZIP files
@@ -71,9 +74,8 @@ def _zip_names(data: bytes | Path) -> list[str] | None:
 
 
 def _is_torchscript(names: list[str] | None) -> bool:
-    """A TorchScript archive has ``<root>/code/`` (the module's TorchScript source) and ``constants.pkl``; a
-    ``torch.save`` ZIP has neither."""
-    return bool(names) and any("/code/" in f"/{n}" for n in names) and any(n.endswith("constants.pkl") for n in names)
+    """A TorchScript archive has ``<root>/code/`` (the module's TorchScript source); a ``torch.save`` ZIP has not."""
+    return bool(names) and any("/code/" in f"/{n}" for n in names)
 
 
 def _as_bytes(value) -> bytes | None:
@@ -188,7 +190,8 @@ def inspect_detector_file(path: str | Path) -> DetectorFile:
     _collect_sources(obj, sources)
     distinct = list({hashlib.sha256(data).hexdigest(): (where, data) for where, data in found}.values())
     if not distinct:
-        raise DetectorFileError(f"{file}: no TorchScript module inside ({_describe(obj, classes)}); expected {EXPECTED}")
+        raise DetectorFileError(f"{file}: no TorchScript module inside ({_describe(obj, classes)}); "
+                                f"expected {EXPECTED}")
     if len(distinct) > 1:
         raise DetectorFileError(f"{file}: {len(distinct)} different TorchScript archives inside (at "
                                 f"{', '.join(w for w, _ in distinct[:3])}), expected one; expected {EXPECTED}")

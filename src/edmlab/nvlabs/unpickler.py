@@ -72,7 +72,8 @@ def _reconstruct(meta) -> Persistent:
         raise UnsafePickleError(f"a persistent object whose meta is not {{type: 'class', class_name, state}} "
                                 f"(got {type(meta).__name__} with keys {sorted(meta) if isinstance(meta, dict) else '-'})")
     src = meta.get("module_src")
-    return Persistent(meta["class_name"], dict(meta["state"]), meta.get("version"), src if isinstance(src, str) else None)
+    return Persistent(meta["class_name"], dict(meta["state"]), meta.get("version"),
+                      src if isinstance(src, str) else None)
 
 
 def _load_from_bytes(data: bytes):
