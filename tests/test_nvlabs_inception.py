@@ -1,7 +1,9 @@
 """NVlabs' Inception detector files (metrics.fid.detector=nvlabs) and torch-fidelity's Inception weights file
 (metrics.fid.weights_path): every supported form loads and gives the features of the module it was made from; files
 of the wrong kind give one line naming the file and what was expected; no pickled code ever runs."""
+import email.message
 import hashlib
+import io
 import os
 import pickle
 from collections import OrderedDict
@@ -233,3 +235,33 @@ def test_weights_with_the_wrong_layout_are_named(tmp_path, weights, marker):
                                                             r"torch\.load\(weights_only=True\) reads"):
         inception_features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), weights_path=tmp_path / "evil.pth")
     assert not touched.exists()
+
+
+class FakeResponse(io.BytesIO):
+    """What torch.hub's download reads from urlopen: a body and its headers."""
+
+    def info(self):
+        message = email.message.Message()
+        message["Content-Length"] = str(len(self.getvalue()))
+        return message
+
+
+def test_a_download_is_checked_against_the_checksum_in_the_name(tmp_path, weights, monkeypatch):
+    """Not cached, network up: edmlab downloads with torch.hub's SHA-256 prefix check (torch-fidelity's own download
+    checks nothing), keeps nothing that fails it, and verifies the layout of what it keeps."""
+    body = weights.read_bytes()
+    requested = []
+    monkeypatch.setattr(inception, "_network_reachable", lambda url: True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request: requested.append(request.full_url) or FakeResponse(body))
+    digest = hashlib.sha256(body).hexdigest()
+    with pytest.raises(InceptionWeightsMismatchError, match=r"^https://github\.com/toshas/torch-fidelity/releases/"
+                                                            r"download/v0\.2\.0/weights-inception-2015-12-05-6726825d\.pth"
+                                                            rf": the download has an invalid hash value \(expected "
+                                                            rf"\"6726825d\", got \"{digest}\"\) and was not kept; "):
+        inception.resolve_weights()
+    assert requested == [inception.weights_url()]
+    assert os.listdir(tmp_path / "hub" / "checkpoints") == []
+    monkeypatch.setattr(inception, "expected_sha256_prefix", lambda: digest[:8])  # as if it were the published file
+    cached = inception.resolve_weights()
+    assert cached == inception.cached_weights_path() and open(cached, "rb").read() == body

@@ -5,7 +5,7 @@ StyleGAN use: uint8 RGB in, bilinear resize to 299×299 the TF1 way, (x − 128)
 three channels (NVlabs/edm ``fid.py``). Float images in [−1, 1] become uint8 by ``edmlab.images.to_uint8``.
 
 Weights: ``weights_path`` (torch-fidelity's ``feature_extractor_weights_path``), otherwise torch.hub's cache
-``<TORCH_HOME>/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``, otherwise a download by torch-fidelity
+``<TORCH_HOME>/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``, otherwise a download into that cache
 when the network answers. Offline with neither, :class:`InceptionWeightsError` says which file to put where.
 A given or cached file is checked before torch-fidelity reads it (:func:`verify_weights`): under torch-fidelity's
 published name, its SHA-256 must start with the hash in that name, as torch.hub checks a download
@@ -197,8 +197,8 @@ def _network_reachable(url: str, timeout: float = NETWORK_PROBE_TIMEOUT_S) -> bo
 
 
 def resolve_weights(weights_path: str | os.PathLike | None = None) -> str | None:
-    """The weights file to load (checked by :func:`verify_weights`), or None when torch-fidelity may download it
-    (not cached, network answers)."""
+    """The weights file to load, checked by :func:`verify_weights`: ``weights_path``, else torch.hub's cached file,
+    else a download into that cache (:func:`download_weights`) when the network answers."""
     if weights_path is not None:
         weights_path = os.path.expanduser(os.fspath(weights_path))
         if not os.path.isfile(weights_path):
@@ -210,7 +210,23 @@ def resolve_weights(weights_path: str | os.PathLike | None = None) -> str | None
     if not _network_reachable(weights_url()):
         reason = f"{cached} is missing and the network is unreachable"
         raise InceptionWeightsError(_missing_weights_message(reason))
-    return None
+    return download_weights(cached)
+
+
+def download_weights(dst: str) -> str:
+    """Download the weights to ``dst`` as torch.hub does, with its SHA-256 prefix check (which torch-fidelity's own
+    download, ``load_state_dict_from_url`` without ``check_hash``, skips), then :func:`verify_weights` the file."""
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(weights_url(), dst, hash_prefix=expected_sha256_prefix(), progress=False)
+    except RuntimeError as e:  # torch.hub: 'invalid hash value (expected "<prefix>", got "<sha256>")'; nothing kept
+        raise InceptionWeightsMismatchError(
+            f"{weights_url()}: the download has an {e} and was not kept; try again, or download "
+            f"'{weights_file()}' by hand and pass its path as weights_path"
+        ) from None
+    except OSError as e:
+        raise InceptionWeightsError(_missing_weights_message(f"downloading {weights_url()} failed ({e})")) from None
+    return verify_weights(dst)
 
 
 def inception_extractor(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
