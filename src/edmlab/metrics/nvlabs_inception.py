@@ -83,9 +83,9 @@ def _as_bytes(value) -> bytes | None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if torch.is_tensor(value) and value.dtype == torch.uint8 and value.ndim == 1:
-        return value.contiguous().numpy().tobytes()
+        value = value.detach().contiguous().numpy()
     if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
-        return value.tobytes()
+        return value.tobytes() if value[:4].tobytes() == ZIP_MAGIC else b""  # copy archives only
     return None
 
 
