@@ -296,17 +296,30 @@ def test_fd_dinov2_through_eval_matches_an_independent_computation(tiny_dinov2, 
     assert record["fd_dinov2"] == min(first, second) and abs(first - second) > 1e-6 * first
 
 
-def test_ref_stats_cli_writes_dinov2_statistics(tiny_dinov2, tmp_path):
+def test_ref_stats_cli_writes_dinov2_statistics(tiny_dinov2, tmp_path, capsys):
+    """--detector dinov2: an .npz (mu, sigma), or with a .pkl destination NVlabs/edm2's layout; both hold the
+    mean and unbiased covariance of the features of the images (grayscale digits, tiled to RGB)."""
     from edmlab.metrics.ref_stats import load_uint8_images, main
 
-    dest = main(["--data", "digits", "--max-images", "20", "--detector", "dinov2", "--dinov2-weights",
-                 str(tiny_dinov2), "--dest", str(tmp_path / "digits_dinov2.npz")])
-    mu, sigma = load_statistics(dest, metric="fd_dinov2")
+    common = ["--data", "digits", "--max-images", "20", "--dinov2-weights", str(tiny_dinov2)]
+    npz = main([*common, "--detector", "dinov2", "--dest", str(tmp_path / "digits_dinov2.npz")])
+    pkl = main([*common, "--detector", "dinov2", "--dest", str(tmp_path / "digits.pkl")])
     digits = load_uint8_images("digits", max_images=20)
-    assert digits.shape[1] == 1  # grayscale, tiled to RGB on the way in
+    assert digits.shape[1] == 1
     features = dinov2_features(digits, tiny_dinov2).double().numpy()
-    np.testing.assert_allclose(mu, features.mean(0), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-10, atol=1e-12)
+    for path in (npz, pkl):
+        mu, sigma = load_statistics(path, metric="fd_dinov2")
+        np.testing.assert_allclose(mu, features.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-10, atol=1e-12)
+    with open(pkl, "rb") as f:
+        stored = pickle.load(f)  # written by the test's own run above: plain pickle is safe here
+    assert set(stored) == {"num_images", "fd_dinov2"} and stored["num_images"] == 20
+    with pytest.raises(SystemExit, match="2"):
+        main([*common, "--detector", "inception,dinov2", "--dest", str(tmp_path / "both.npz")])
+    assert "--detector inception,dinov2 writes several statistics: give a .pkl --dest" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main([*common, "--detector", "dino", "--dest", str(tmp_path / "x.npz")])
+    assert "--detector 'dino': choose inception, dinov2 or both, comma-separated" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- (e) errors

@@ -199,6 +199,20 @@ def test_edm2_statistics_pickles_give_each_metric(tmp_path, protocol):
     np.testing.assert_array_equal(load_statistics(path)[0], stats["fid"]["mu"])  # the default metric is FID
 
 
+def test_statistics_pickle_round_trip_in_the_edm2_layout(tmp_path):
+    rng = np.random.default_rng(9)
+    stats = {"fid": (rng.normal(size=4), random_spd(rng, 4)), "fd_dinov2": (rng.normal(size=3), random_spd(rng, 3))}
+    frechet.save_statistics_pickle(tmp_path / "refs.pkl", stats, num_images=123)
+    with open(tmp_path / "refs.pkl", "rb") as f:
+        raw = pickle.load(f)  # the file this test just wrote
+    assert raw["num_images"] == 123 and set(raw) == {"num_images", "fid", "fd_dinov2"}
+    assert all(type(raw[m]) is dict and set(raw[m]) == {"mu", "sigma"} for m in stats)  # plain dicts, as edm2's
+    for metric, (mu, sigma) in stats.items():
+        got = load_statistics(tmp_path / "refs.pkl", metric=metric)
+        np.testing.assert_array_equal(got[0], mu)
+        np.testing.assert_array_equal(got[1], sigma)
+
+
 def test_edm2_statistics_pickle_errors(tmp_path):
     fid_only = tmp_path / "fid_only.pkl"
     with open(fid_only, "wb") as f:

@@ -137,6 +137,23 @@ def frechet_distance_to_statistics(features: torch.Tensor | np.ndarray, mu_ref: 
     return frechet_distance(*feature_statistics(features), mu_ref, sigma_ref, method=method)
 
 
+def save_statistics_pickle(path: str | os.PathLike, stats: dict, num_images: int) -> None:
+    """Write ``{metric: (mu, sigma)}`` as NVlabs/edm2's statistics pickle: ``{'num_images': N, metric: {'mu': mu,
+    'sigma': sigma}, ...}`` (float64 arrays; pickle protocol 4, plain dicts, so :func:`load_statistics` and
+    edm2's ``calculate_metrics.py --ref`` both read it)."""
+    entries = {}
+    for metric, (mu, sigma) in stats.items():
+        mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{metric}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+        entries[metric] = {"mu": mu, "sigma": sigma}
+    path = os.fspath(path)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({"num_images": int(num_images), **entries}, f, protocol=4)
+
+
 def _numpy_globals() -> dict:
     """The globals a pickle of numpy arrays names: numpy's array/dtype/scalar rebuilders (protocol ≤ 4) and
     ``_frombuffer`` (protocol 5), under numpy 1's and numpy 2's module names."""

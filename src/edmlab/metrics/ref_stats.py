@@ -5,11 +5,14 @@ FD-DINOv2, ``edmlab.metrics.dinov2``) of every image of a data set.
     python -m edmlab.metrics.ref_stats --data DATA --dest stats.npz [--weights inception.pth] [--device cuda]
     python -m edmlab.metrics.ref_stats --data DATA --dest dinov2.npz --detector dinov2 \
         --dinov2-weights dinov2_vitl14_pretrain.pth
+    python -m edmlab.metrics.ref_stats --data DATA --dest refs.pkl --detector inception,dinov2 [...]
 
 DATA is ``digits`` (the embedded 8×8 digits), ``cifar10`` (from ``--root``, never downloaded) or a folder / ZIP in
 NVlabs/edm's dataset_tool format. The ``.npz`` has the keys ``mu`` and ``sigma``, like NVlabs/edm ``fid.py ref``
-(whose published files load into :func:`edmlab.metrics.fid_from_features` as they are). NVlabs/edm2's
-dataset-refs ``.pkl`` (both metrics in one file) are read by ``edmlab.metrics.frechet.load_statistics`` too.
+(whose published files load into :func:`edmlab.metrics.fid_from_features` as they are). A ``.pkl`` destination
+gets NVlabs/edm2's dataset-refs layout instead, any of the two metrics in one file (``{'fid': {mu, sigma},
+'fd_dinov2': {mu, sigma}, 'num_images': N}``, ``edmlab.metrics.frechet.save_statistics_pickle``); both kinds load
+through ``edmlab.metrics.frechet.load_statistics``.
 """
 import argparse
 import os
@@ -17,7 +20,7 @@ import sys
 
 import torch
 
-from edmlab.metrics.frechet import feature_statistics, save_statistics
+from edmlab.metrics.frechet import feature_statistics, save_statistics, save_statistics_pickle
 from edmlab.images import to_uint8
 from edmlab.metrics.inception import inception_features
 
@@ -46,6 +49,7 @@ def load_uint8_images(data: str, root: str = "data", split: str | None = None, m
 
 
 DETECTORS = ("inception", "dinov2")
+METRIC_OF_DETECTOR = {"inception": "fid", "dinov2": "fd_dinov2"}  # the entries of an NVlabs/edm2 statistics pickle
 
 
 def compute_reference_statistics(images_uint8: torch.Tensor, weights_path=None, batch_size: int = 64, device="cpu",
@@ -64,9 +68,9 @@ def compute_reference_statistics(images_uint8: torch.Tensor, weights_path=None, 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m edmlab.metrics.ref_stats", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="'digits', 'cifar10' or a folder/ZIP of images")
-    parser.add_argument("--dest", required=True, help="output .npz (keys mu, sigma)")
-    parser.add_argument("--detector", default="inception", choices=DETECTORS,
-                        help="inception: FID (default); dinov2: FD-DINOv2 (EDM2)")
+    parser.add_argument("--dest", required=True, help="output .npz (keys mu, sigma) or .pkl (NVlabs/edm2 layout)")
+    parser.add_argument("--detector", default="inception",
+                        help="inception: FID (default); dinov2: FD-DINOv2 (EDM2); inception,dinov2: both (.pkl only)")
     parser.add_argument("--weights", default=None, help="Inception weights file (default: torch.hub cache)")
     parser.add_argument("--dinov2-weights", default=None,
                         help="dinov2_vitl14_pretrain.pth for --detector dinov2 (default: torch.hub cache)")
@@ -78,16 +82,26 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 2:
         parser.error(f"--max-images must be ≥ 2 (a covariance needs 2 images), got {args.max_images}")
-    if args.detector == "dinov2":
+    detectors = list(dict.fromkeys(args.detector.split(",")))
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown:
+        parser.error(f"--detector {unknown[0]!r}: choose {', '.join(DETECTORS)} or both, comma-separated")
+    as_pickle = args.dest.lower().endswith(".pkl")
+    if len(detectors) > 1 and not as_pickle:
+        parser.error(f"--detector {args.detector} writes several statistics: give a .pkl --dest (NVlabs/edm2 layout)")
+    if "dinov2" in detectors:
         from edmlab.metrics.dinov2 import resolve_weights
 
         resolve_weights(args.dinov2_weights)  # a missing file is named before the images are read
     images = load_uint8_images(args.data, args.root, args.split, args.max_images)
-    weights = args.dinov2_weights if args.detector == "dinov2" else args.weights
-    mu, sigma = compute_reference_statistics(images, weights, args.batch, args.device, args.detector)
-    save_statistics(args.dest, mu, sigma)
-    print(f"{args.dest}: mu {mu.shape}, sigma {sigma.shape} from {len(images)} images of {args.data} ({args.detector})",
-          file=sys.stderr)
+    stats = {METRIC_OF_DETECTOR[d]: compute_reference_statistics(
+        images, args.dinov2_weights if d == "dinov2" else args.weights, args.batch, args.device, d) for d in detectors}
+    if as_pickle:
+        save_statistics_pickle(args.dest, stats, len(images))
+    else:
+        save_statistics(args.dest, *stats[METRIC_OF_DETECTOR[detectors[0]]])
+    shapes = ", ".join(f"{metric} mu {mu.shape}, sigma {sigma.shape}" for metric, (mu, sigma) in stats.items())
+    print(f"{args.dest}: {shapes} from {len(images)} images of {args.data}", file=sys.stderr)
     return args.dest
 
 
