@@ -419,6 +419,34 @@ def test_ref_stats_cli_on_an_image_folder(tmp_path, weights, images, features):
         ref_stats.main(["--data", str(tmp_path / "absent"), "--dest", str(dest), "--weights", str(weights)])
 
 
+def test_ref_stats_cli_writes_both_metrics_into_one_edm2_pickle(tmp_path, monkeypatch, weights, images, features):
+    """--detector inception,dinov2 --dest refs.pkl: NVlabs/edm2's layout, 'fid' from Inception and 'fd_dinov2'
+    from DINOv2 (a 1-block, 8-wide ViT with random weights standing in for ViT-L/14)."""
+    import edmlab.metrics.dinov2 as dinov2
+    from edmlab.metrics import ref_stats
+
+    arch = dict(img_size=28, patch_size=14, embed_dim=8, depth=1, num_heads=2, mlp_ratio=4)
+    monkeypatch.setattr(dinov2, "build_network", lambda: dinov2.DINOv2ViT(**arch))
+    torch.manual_seed(0)
+    torch.save(dinov2.DINOv2ViT(**arch).state_dict(), tmp_path / "tiny_dinov2.pth")
+    folder = tmp_path / "ds" / "00000"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images[1][:4]):
+        PIL.Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"img{i:08d}.png")
+    dest = tmp_path / "refs.pkl"
+    ref_stats.main(["--data", str(tmp_path / "ds"), "--dest", str(dest), "--detector", "inception,dinov2",
+                    "--weights", str(weights), "--dinov2-weights", str(tmp_path / "tiny_dinov2.pth")])
+    mu, sigma = load_statistics(dest, metric="fid")
+    mu_direct, sigma_direct = feature_statistics(features[1]["pool"][:4])
+    np.testing.assert_allclose(mu, mu_direct, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sigma, sigma_direct, rtol=1e-4, atol=1e-9)
+    mu, sigma = load_statistics(dest, metric="fd_dinov2")
+    direct = dinov2.dinov2_features(images[1][:4], tmp_path / "tiny_dinov2.pth")
+    np.testing.assert_allclose(mu, direct.double().mean(0).numpy(), rtol=1e-12, atol=1e-12)
+    assert sigma.shape == (8, 8)
+    dinov2._NETWORKS.clear()
+
+
 def test_fid_and_kid_agree_with_torchmetrics(weights, images, features):
     """An independent implementation: torchmetrics' FrechetInceptionDistance runs its own copy of the Inception
     forward pass (same random weights, TF1 resize), its own statistics and Fréchet distance (eigenvalues of Σ₁Σ₂);
