@@ -177,11 +177,14 @@ def test_other_dinov2_files_are_named_by_their_first_difference():
                                          r"\[1, 1, 768\], ViT-L/14 \[1, 1, 1024\]"):
         check_state_dict(base.state_dict(), large, "vitb.pth")
     reg4 = {**large.state_dict(), "register_tokens": torch.empty(1, 4, 1024, device="meta")}
-    with pytest.raises(ValueError, match=r"reg4\.pth .*unexpected key 'register_tokens'"):
+    with pytest.raises(ValueError, match=r"reg4\.pth .*unexpected key 'register_tokens' \(register tokens: a _reg4"):
         check_state_dict(reg4, large, "reg4.pth")
     shallow = {k: v for k, v in large.state_dict().items() if not k.startswith("blocks.23.")}
     with pytest.raises(ValueError, match=r"key 'blocks\.23\.norm1\.weight' is missing"):
         check_state_dict(shallow, large, "short.pth")
+    head = {**large.state_dict(), "head.weight": torch.empty(1000, 1024, device="meta")}
+    with pytest.raises(ValueError, match=r"linear\.pth is not DINOv2 ViT-L/14 weights: unexpected key 'head\.weight';"):
+        check_state_dict(head, large, "linear.pth")
     check_state_dict(large.state_dict(), large, "ok.pth")
 
 

@@ -231,8 +231,9 @@ def check_state_dict(state: dict, network: nn.Module, path: str) -> None:
                              f"{WEIGHTS_URL}")
     extra = next((k for k in state if k not in ours), None)
     if extra is not None:
-        raise ValueError(f"{path} is not DINOv2 ViT-L/14 weights: unexpected key {extra!r} (register tokens: a "
-                         f"_reg4 file); expected {WEIGHTS_FILE} from {WEIGHTS_URL}")
+        kind = " (register tokens: a _reg4 file)" if "register" in extra else ""
+        raise ValueError(f"{path} is not DINOv2 ViT-L/14 weights: unexpected key {extra!r}{kind}; expected "
+                         f"{WEIGHTS_FILE} from {WEIGHTS_URL}")
 
 
 def load_dinov2(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
