@@ -137,6 +137,46 @@ def broken_scorer_script(tmp_path: Path) -> Path:
     return script
 
 
+def test_fd_dinov2_of_two_processes_is_the_one_process_value(tmp_path):
+    """FD-DINOv2's ranks all-reduce the feature sums (edmlab.distributed.mean_covariance), as FID's: two processes,
+    6 + 6 images per seed range, score what one process scores from all 12. A 1-block, 8-wide DINOv2 ViT stands in
+    for ViT-L/14 (src/eval.py run through a wrapper that swaps edmlab.metrics.dinov2.build_network)."""
+    import pickle
+
+    import edmlab.metrics.dinov2 as dinov2
+    from edmlab.export import build_denoiser, save_network
+
+    spec = {"network": {"_target_": "edmlab.nets.SongUNet", "model_channels": 8, "channel_mult": [1],
+                        "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0},
+            "network_kwargs": dict(img_resolution=8, in_channels=3, out_channels=3, label_dim=0),
+            "preconditioning": {"_target_": "edmlab.EDMPrecond", "sigma_data": 0.5}, "shape": [3, 8, 8]}
+    torch.manual_seed(0)
+    ckpt = save_network(tmp_path / "network.pt", build_denoiser(spec), spec)
+    arch = dict(img_size=42, patch_size=14, embed_dim=8, depth=1, num_heads=2, mlp_ratio=4)
+    torch.save({k: torch.randn(v.shape) for k, v in dinov2.DINOv2ViT(**arch).state_dict().items()},
+               tmp_path / "tiny_dinov2.pth")
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(8, 8))
+    with open(tmp_path / "img8.pkl", "wb") as f:  # NVlabs/edm2 dataset-refs layout
+        pickle.dump({"fd_dinov2": {"mu": rng.normal(size=8), "sigma": a @ a.T / 8 + np.eye(8)}}, f)
+    script = tmp_path / "eval_tiny_dinov2.py"
+    script.write_text(f"import runpy\nimport edmlab.metrics.dinov2 as d\n"
+                      f"d.build_network = lambda: d.DINOv2ViT(**{arch!r})\n"
+                      f"runpy.run_path({str(ROOT / 'src' / 'eval.py')!r}, run_name='__main__')\n")
+    args = [f"ckpt={ckpt}", "num_samples=12", "sampler.num_steps=2", "batch=12", "device=cpu", "metrics.dataset=false",
+            "logger=none", "grid_images=0", "metrics.fid.seed_ranges=2", "metrics.fd_dinov2.enabled=true",
+            f"metrics.fd_dinov2.ref={tmp_path / 'img8.pkl'}",
+            f"metrics.fd_dinov2.weights_path={tmp_path / 'tiny_dinov2.pth'}"]
+    one = run_script(str(script), [*args, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(["+launcher=torchrun", *args], tmp_path, tmp_path / "two", script=script)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ra, rb = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
+    assert (ra["config"]["processes"], rb["config"]["processes"]) == (1, 2)
+    np.testing.assert_allclose(rb["fd_dinov2_per_range"], ra["fd_dinov2_per_range"], rtol=1e-9)
+    assert rb["fd_dinov2"] == min(rb["fd_dinov2_per_range"]) and len(set(ra["fd_dinov2_per_range"])) == 2
+
+
 def test_a_rank_zero_failure_between_collectives_stops_every_rank_with_its_error(tmp_path):
     """Rank 0 scores alone between the gather and the next all-reduce; its error reaches rank 1 through one
     collective instead of leaving rank 1 in the all-reduce until gloo's 30-minute timeout: both ranks exit with

@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from .sweep_mean import (aggregate, group_overrides, groups, has_seed_axis, mean_markdown_table, plot_groups,
                          standard_error)
 
-PRIMARY_METRICS = ("fid", "digits_fd", "mixture_ode_error", "mixture_sliced_wasserstein")
+PRIMARY_METRICS = ("fid", "fd_dinov2", "digits_fd", "mixture_ode_error", "mixture_sliced_wasserstein")
 NOT_METRICS = {"nfe", "job_num", "status", "error"}
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 

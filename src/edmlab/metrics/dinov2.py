@@ -257,7 +257,7 @@ def dinov2_input(images_uint8: torch.Tensor) -> torch.Tensor:
     antialias), scaled to [0, 1] and normalised by ImageNet's mean and std."""
     from edmlab.metrics.inception import _as_rgb_uint8
 
-    x = _as_rgb_uint8(images_uint8).to(torch.float32)
+    x = _as_rgb_uint8(images_uint8, "DINOv2").to(torch.float32)
     x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", antialias=True)
     x = x / 255
     x = x - torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)

@@ -23,7 +23,7 @@ import urllib.request
 import numpy as np
 import torch
 
-from edmlab.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_to_features, load_statistics
+from edmlab.metrics.frechet import feature_statistics, frechet_distance_to_statistics, load_statistics
 
 FEATURE_POOL = "2048"
 FEATURE_LOGITS = "logits_unbiased"
@@ -253,16 +253,18 @@ def inception_extractor(weights_path: str | os.PathLike | None = None, device: s
     return _EXTRACTORS[key]
 
 
-def _as_rgb_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _as_rgb_uint8(images: torch.Tensor | np.ndarray, network: str = "Inception") -> torch.Tensor:
+    """uint8 [N, 3, H, W]: grayscale tiled to three channels (NVlabs/edm fid.py); ``network`` names the
+    feature network in the errors (DINOv2 uses this too)."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if images.dtype != torch.uint8:
         raise TypeError(
-            f"Inception input must be uint8 [N, C, H, W], got {images.dtype}; "
+            f"{network} input must be uint8 [N, C, H, W], got {images.dtype}; "
             "convert images in [-1, 1] with edmlab.images.to_uint8"
         )
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"Inception input must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
+        raise ValueError(f"{network} input must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
@@ -303,10 +305,7 @@ def fid_from_features(features: torch.Tensor | np.ndarray, ref, method: str = "s
     images than feature dimensions takes only an N×N one (:func:`frechet_distance_to_features`).
     """
     mu_ref, sigma_ref = load_statistics(ref) if isinstance(ref, (str, os.PathLike)) else ref
-    if method == "eigh" and len(features) <= np.shape(mu_ref)[0]:
-        return frechet_distance_to_features(features, mu_ref, sigma_ref)
-    mu, sigma = feature_statistics(features)
-    return frechet_distance(mu, sigma, mu_ref, sigma_ref, method=method)
+    return frechet_distance_to_statistics(features, mu_ref, sigma_ref, method=method)
 
 
 def kid_from_features(
