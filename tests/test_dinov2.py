@@ -335,7 +335,9 @@ def test_fd_dinov2_settings_are_checked_before_sampling(tiny_dinov2, tiny_networ
     save_statistics(tmp_path / "inception.npz", np.zeros(2048), np.eye(2048))
     weights = f"metrics.fd_dinov2.weights_path={tiny_dinov2}"
     cases = [(["ckpt=bench:ring8", "metrics.fd_dinov2.enabled=true"],
-              r"FID/KID/IS/FD-DINOv2 score images, but bench:ring8 makes points"),
+              r"FID/KID/IS/precision-recall/FD-DINOv2 score images, but bench:ring8 makes points"),
+             (["ckpt=bench:ring8", "metrics.prc=true"],
+              r"FID/KID/IS/precision-recall/FD-DINOv2 score images, but bench:ring8 makes points"),
              ([*eval_common(tiny_network), "metrics.fd_dinov2.enabled=true", weights],
               r"metrics\.fd_dinov2\.enabled=true needs metrics\.fd_dinov2\.ref="),
              ([*eval_common(tiny_network), f"metrics.fd_dinov2.ref={tmp_path / 'inception.npz'}"],

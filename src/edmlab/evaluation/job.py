@@ -56,9 +56,10 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     need(cfg.save != "png" or subject.is_image,
          f"save=png writes images, but {cfg.ckpt} makes points of shape {list(subject.shape)}; use save=npz")
     need(subject.is_image or not (cfg.metrics.fid.ref is not None or cfg.metrics.kid or cfg.metrics.isc
+                                  or cfg.metrics.get("prc", False)
                                   or cfg.metrics.get("fd_dinov2", {}).get("enabled", False)),
-         f"FID/KID/IS/FD-DINOv2 score images, but {cfg.ckpt} makes points; drop metrics.fid.ref/kid/isc and "
-         f"metrics.fd_dinov2.enabled")
+         f"FID/KID/IS/precision-recall/FD-DINOv2 score images, but {cfg.ckpt} makes points; drop "
+         f"metrics.fid.ref/kid/isc/prc and metrics.fd_dinov2.enabled")
     levels = sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))
     sigma_start = float(levels[0])
     lo, hi = ((float(levels[-2]), sigma_start) if sampler_kwargs["discretization"] == "custom" else
