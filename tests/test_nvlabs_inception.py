@@ -21,7 +21,8 @@ from edmlab.metrics.nvlabs_inception import (DetectorFileError, inspect_detector
 from edmlab.nvlabs import UnsafePickleError
 
 EXPECTED = (r"expected NVlabs' inception-2015-12-05\.pkl \(https://api\.ngc\.nvidia\.com/.*\) or the TorchScript "
-            r"inception-2015-12-05\.pt \(https://nvlabs-fi-cdn\.nvidia\.com/.*\), passed as metrics\.fid\.detector_path")
+            r"inception-2015-12-05\.pt \(https://nvlabs-fi-cdn\.nvidia\.com/.*\), "
+            r"passed as metrics\.fid\.detector_path")
 POISON = "import pathlib; pathlib.Path({!r}).touch(); raise SystemExit('module_src was executed')"
 
 
@@ -82,58 +83,66 @@ def test_module_src_is_kept_as_text_and_never_run(tmp_path, marker, toy):
 
 
 def test_files_that_are_not_the_detector_are_named(tmp_path, marker, toy):
-    with pytest.raises(FileNotFoundError, match=rf"^metrics\.fid\.detector=nvlabs needs NVlabs' Inception detector, "
-                                                rf"not found at {tmp_path}/inception\.pkl: download https://api\.ngc"):
+    match = (rf"^metrics\.fid\.detector=nvlabs needs NVlabs' Inception detector, "
+             rf"not found at {tmp_path}/inception\.pkl: download https://api\.ngc")
+    with pytest.raises(FileNotFoundError, match=match):
         load_detector(str(tmp_path / "inception.pkl"))
 
     weights = tmp_path / "weights.pth"  # torch-fidelity's weights given as the detector
     torch.save(OrderedDict([("Conv2d_1a_3x3.conv.weight", torch.zeros(2)), ("Mixed_7c.branch_pool.conv.weight",
                                                                             torch.zeros(2))]), weights)
-    with pytest.raises(DetectorFileError, match=rf"^{weights}: a torch\.save state dict of 2 entries "
-                                                r"\(Conv2d_1a_3x3\.conv\.weight, Mixed_7c\.branch_pool\.conv\.weight\) — "
-                                                r"torch-fidelity's Inception-v3 weights: pass them as "
-                                                rf"metrics\.fid\.weights_path with metrics\.fid\.detector=torch-fidelity; "
-                                                rf"{EXPECTED}$"):
+    match = (rf"^{weights}: a torch\.save state dict of 2 entries "
+             r"\(Conv2d_1a_3x3\.conv\.weight, Mixed_7c\.branch_pool\.conv\.weight\) — "
+             r"torch-fidelity's Inception-v3 weights: pass them as "
+             rf"metrics\.fid\.weights_path with metrics\.fid\.detector=torch-fidelity; "
+             rf"{EXPECTED}$")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(weights))
 
     dino = tmp_path / "dinov2_vitl14_pretrain.pth"
     torch.save({"cls_token": torch.zeros(1, 1, 4), "pos_embed": torch.zeros(1, 2, 4), "blocks.0.attn.qkv.weight":
                 torch.zeros(12, 4)}, dino)
-    with pytest.raises(DetectorFileError, match=rf"^{dino}: a torch\.save state dict of 3 entries \(cls_token, "
-                                                r"pos_embed, …\) — a vision transformer's weights \(DINOv2\?\), not an "
-                                                rf"Inception network; {EXPECTED}$"):
+    match = (rf"^{dino}: a torch\.save state dict of 3 entries \(cls_token, "
+             r"pos_embed, …\) — a vision transformer's weights \(DINOv2\?\), not an "
+             rf"Inception network; {EXPECTED}$")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(dino))
 
     spec = toy_spec("EDMPrecond", "ddpmpp")
     network = write_snapshot(tmp_path / "edm.pkl", random_denoiser(spec), spec, marker)
-    with pytest.raises(DetectorFileError, match=rf"^{network}: no TorchScript module inside \(persistent objects of "
-                                                r"EDMPrecond, SongUNet, .* in a dict with keys \['ema', 'loss_fn', "
-                                                rf"'augment_pipe', 'dataset_kwargs'\] \(a network snapshot\)\); {EXPECTED}$"):
+    match = (rf"^{network}: no TorchScript module inside \(persistent objects of "
+             r"EDMPrecond, SongUNet, .* in a dict with keys \['ema', 'loss_fn', "
+             rf"'augment_pipe', 'dataset_kwargs'\] \(a network snapshot\)\); {EXPECTED}$")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(network))
 
     other = torch.jit.script(ToyDetector(features=8))
     two = write_record(tmp_path / "two.pkl", dict(a=toy[1], b=_archive(other, tmp_path)), marker)
-    with pytest.raises(DetectorFileError, match=rf"^{two}: 2 different TorchScript archives inside \(at "
-                                                r"pickle<InceptionV3>\['a'\], pickle<InceptionV3>\['b'\]\), expected one"):
+    match = (rf"^{two}: 2 different TorchScript archives inside \(at "
+             r"pickle<InceptionV3>\['a'\], pickle<InceptionV3>\['b'\]\), expected one")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(two))
 
     small = tmp_path / "small.pt"
     small.write_bytes(_archive(torch.jit.script(ToyDetector(features=100)), tmp_path))
-    with pytest.raises(DetectorFileError, match=rf"^{small}: the detector gives features of shape \(1, 100\) for one "
-                                                r"image, expected \(1, 2048\) \(NVlabs' inception-2015-12-05\)$"):
+    match = (rf"^{small}: the detector gives features of shape \(1, 100\) for one "
+             r"image, expected \(1, 2048\) \(NVlabs' inception-2015-12-05\)$")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(small))
 
     linear = tmp_path / "linear.pt"
     linear.write_bytes(_archive(torch.jit.script(torch.nn.Linear(3, 3)), tmp_path))
-    with pytest.raises(DetectorFileError, match=rf"^{linear}: the TorchScript module \(the file itself\) fails on a "
-                                                r"uint8 image \[1, 3, 32, 32\] with return_features=True \(RuntimeError: "
-                                                rf".*\); {EXPECTED}$"):
+    match = (rf"^{linear}: the TorchScript module \(the file itself\) fails on a "
+             r"uint8 image \[1, 3, 32, 32\] with return_features=True \(RuntimeError: "
+             rf".*\); {EXPECTED}$")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(linear))
 
     truncated = tmp_path / "truncated.pkl"
     truncated.write_bytes(write_detector_pickle(toy[1], tmp_path / "full.pkl").read_bytes()[:1000])
-    with pytest.raises(DetectorFileError, match=rf"^{truncated}: truncated, corrupt or not a pickle \(.*\); "
-                                                rf"{EXPECTED} — download it again$"):
+    match = (rf"^{truncated}: truncated, corrupt or not a pickle \(.*\); "
+             rf"{EXPECTED} — download it again$")
+    with pytest.raises(DetectorFileError, match=match):
         load_detector(str(truncated))
     html = tmp_path / "inception-2015-12-05.pkl"
     html.write_bytes(b"<html>403 Forbidden</html>")
@@ -157,8 +166,9 @@ def _archive(module, tmp_path) -> bytes:
 def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, marker, toy):
     touched = tmp_path / "os_system_ran"
     path = write_record(tmp_path / "evil.pkl", dict(archive=toy[1], hook=Call(os.system, f"touch {touched}")), marker)
-    with pytest.raises(UnsafePickleError, match=rf"^{path}: refused global posix\.system: .* edmlab runs no code from "
-                                                rf"a pickle, so this file is not loaded; {EXPECTED}$"):
+    match = (rf"^{path}: refused global posix\.system: .* edmlab runs no code from "
+             rf"a pickle, so this file is not loaded; {EXPECTED}$")
+    with pytest.raises(UnsafePickleError, match=match):
         load_detector(str(path))
     assert not touched.exists()
     jit = tmp_path / "jit.pkl"  # a pickle asking torch itself to load TorchScript is refused the same way
@@ -187,9 +197,10 @@ def test_weights_under_the_published_name_need_its_checksum(tmp_path, weights, m
     published.write_bytes(weights.read_bytes())
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert not digest.startswith("6726825d")
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{published}: SHA-256 {digest} does not start with "
-                                                            r"6726825d, the checksum in torch-fidelity's file name "
-                                                            rf"\(the file is truncated, corrupt or not torch-fidelity's\); {FIX}"):
+    match = (rf"^{published}: SHA-256 {digest} does not start with "
+             r"6726825d, the checksum in torch-fidelity's file name "
+             rf"\(the file is truncated, corrupt or not torch-fidelity's\); {FIX}")
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         inception_features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), weights_path=published)
     monkeypatch.setattr(inception, "expected_sha256_prefix", lambda: digest[:8])  # as if it were the published file
     assert verify_weights(published) == str(published)
@@ -201,8 +212,9 @@ def test_the_cached_file_is_checked_too(tmp_path, weights, monkeypatch):
     cached = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{cached}: SHA-256 [0-9a-f]{{64}} does not start with "
-                                                            r"6726825d"):
+    match = (rf"^{cached}: SHA-256 [0-9a-f]{{64}} does not start with "
+             r"6726825d")
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         inception.resolve_weights()
 
 
@@ -210,29 +222,34 @@ def test_weights_with_the_wrong_layout_are_named(tmp_path, weights, marker):
     state = torch.load(weights, weights_only=True)
     reshaped = dict(state, **{"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 4)})
     torch.save(reshaped, tmp_path / "shape.pth")
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{tmp_path}/shape\.pth: not torch-fidelity's "
-                                                            r"Inception-v3 weights: 1 wrong shapes \(Conv2d_1a_3x3\.conv\."
-                                                            r"weight: \(32, 3, 3, 4\), expected \(32, 3, 3, 3\)\); " + FIX):
+    match = (rf"^{tmp_path}/shape\.pth: not torch-fidelity's "
+             r"Inception-v3 weights: 1 wrong shapes \(Conv2d_1a_3x3\.conv\."
+             r"weight: \(32, 3, 3, 4\), expected \(32, 3, 3, 3\)\); " + FIX)
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         verify_weights(tmp_path / "shape.pth")
     renamed = {k.replace("Mixed_7c.", "Mixed_7x."): v for k, v in state.items()}
     torch.save(renamed, tmp_path / "keys.pth")
     n = sum(k.startswith("Mixed_7c.") for k in state)
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{tmp_path}/keys\.pth: not torch-fidelity's Inception-v3 "
-                                                            rf"weights: {n} of its {len(state)} keys missing \(Mixed_7c\..*"
-                                                            rf"\); {n} unexpected keys \(Mixed_7x\..*\); " + FIX):
+    match = (rf"^{tmp_path}/keys\.pth: not torch-fidelity's Inception-v3 "
+             rf"weights: {n} of its {len(state)} keys missing \(Mixed_7c\..*"
+             rf"\); {n} unexpected keys \(Mixed_7x\..*\); " + FIX)
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         verify_weights(tmp_path / "keys.pth")
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{tmp_path}/tensor\.pth: holds Tensor, expected "
-                                                            r"torch-fidelity's Inception-v3 state dict"):
+    match = (rf"^{tmp_path}/tensor\.pth: holds Tensor, expected "
+             r"torch-fidelity's Inception-v3 state dict")
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         verify_weights(tmp_path / "tensor.pth")
     (tmp_path / "page.pth").write_text("<html>404</html>")
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{tmp_path}/page\.pth: not a state dict that "
-                                                            r"torch\.load\(weights_only=True\) reads \(UnpicklingError: "):
+    match = (rf"^{tmp_path}/page\.pth: not a state dict that "
+             r"torch\.load\(weights_only=True\) reads \(UnpicklingError: ")
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         verify_weights(tmp_path / "page.pth")
     touched = tmp_path / "os_system_ran"
     torch.save({"a": Call(os.system, f"touch {touched}")}, tmp_path / "evil.pth")
-    with pytest.raises(InceptionWeightsMismatchError, match=rf"^{tmp_path}/evil\.pth: not a state dict that "
-                                                            r"torch\.load\(weights_only=True\) reads"):
+    match = (rf"^{tmp_path}/evil\.pth: not a state dict that "
+             r"torch\.load\(weights_only=True\) reads")
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         inception_features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), weights_path=tmp_path / "evil.pth")
     assert not touched.exists()
 
@@ -255,10 +272,11 @@ def test_a_download_is_checked_against_the_checksum_in_the_name(tmp_path, weight
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "urlopen", lambda request: requested.append(request.full_url) or FakeResponse(body))
     digest = hashlib.sha256(body).hexdigest()
-    with pytest.raises(InceptionWeightsMismatchError, match=r"^https://github\.com/toshas/torch-fidelity/releases/"
-                                                            r"download/v0\.2\.0/weights-inception-2015-12-05-6726825d\.pth"
-                                                            rf": the download has an invalid hash value \(expected "
-                                                            rf"\"6726825d\", got \"{digest}\"\) and was not kept; "):
+    match = (r"^https://github\.com/toshas/torch-fidelity/releases/"
+             r"download/v0\.2\.0/weights-inception-2015-12-05-6726825d\.pth"
+             rf": the download has an invalid hash value \(expected "
+             rf"\"6726825d\", got \"{digest}\"\) and was not kept; ")
+    with pytest.raises(InceptionWeightsMismatchError, match=match):
         inception.resolve_weights()
     assert requested == [inception.weights_url()]
     assert os.listdir(tmp_path / "hub" / "checkpoints") == []
