@@ -80,8 +80,12 @@ def compare(args) -> dict:
     found = inspect_detector_file(detector)
     print(f"NVlabs detector {detector}: {found.form}, TorchScript archive at {found.where} "
           f"(SHA-256 {found.archive_sha256[:16]}…), persistent classes {found.classes or '-'}")
-    if args.show_source:
-        for name, src in found.module_src.items():
+    for name, src in found.module_src.items():  # what the pickle's own code would do (read as text, never run)
+        jit, forward = "torch.jit.load" in src, "def forward" in src
+        hint = "" if args.show_source else " (--show-source prints it)"
+        print(f"module_src of {name}: {len(src.splitlines())} lines, mentions torch.jit.load: "
+              f"{'yes' if jit else 'NO'}, defines forward: {'yes' if forward else 'no'}{hint}")
+        if args.show_source:
             print(f"--- module_src of {name} (not run) ---\n{src}\n--- end ---")
     reference, generated, how = sets(args)
     print(f"images: reference {tuple(reference.shape)} from {args.images}, generated {tuple(generated.shape)} ({how}); "
