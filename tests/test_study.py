@@ -135,3 +135,15 @@ def test_family_presets_change_only_the_three_training_rows_of_the_digits_defaul
     target = family.upper()
     assert (other["preconditioning._target_"], other["loss_weighting._target_"], other["noise_distribution._target_"]) \
         == (f"edmlab.{target}Precond", "edmlab.InverseVariance", f"edmlab.{target}Noise")
+
+
+@pytest.mark.parametrize("family", ["edm", "vp", "ve"])
+def test_the_family_group_sets_the_three_training_rows_on_any_data_set(family, tmp_path):
+    """``family=`` changes exactly preconditioning, loss weighting and p_train, also on the exact bench."""
+    mixture = flat(compose("train", ["experiment=mixture"], tmp_path))
+    chosen = flat(compose("train", ["experiment=mixture", f"family={family}"], tmp_path))
+    assert under(changes(mixture, chosen), "preconditioning", "loss_weighting", "noise_distribution")
+    target = {"edm": ("EDM", "EDMWeighting"), "vp": ("VP", "InverseVariance"), "ve": ("VE", "InverseVariance")}[family]
+    assert (chosen["preconditioning._target_"], chosen["loss_weighting._target_"],
+            chosen["noise_distribution._target_"], chosen["data.dataset._target_"]) \
+        == (f"edmlab.{target[0]}Precond", f"edmlab.{target[1]}", f"edmlab.{target[0]}Noise", "edmlab.data.PointsDataset")
