@@ -66,6 +66,11 @@ class EDMModule(L.LightningModule):
         self._sums = torch.zeros(2, len(SIGMA_BINS) + 2)
         self.register_buffer("_bin_edges", SIGMA_BINS.clone(), persistent=False)
 
+    def on_train_start(self):
+        """Each process gets its own bins: ddp_spawn sends the module to its processes through torch.multiprocessing,
+        which puts CPU tensors in shared memory, and the ranks would then add into (and zero) one tensor at once."""
+        self._sums = torch.zeros_like(self._sums, device=self.device)
+
     def setup(self, stage: str):
         if stage == "fit" and self.hparams.compile and not getattr(self, "_compiled", False):
             self.net.model.compile()
