@@ -5,6 +5,7 @@ import inspect
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..guidance import check_guidance
 from ..sampling import sample, time_steps
 from .subject import bench_presets
 
@@ -43,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
          f"metrics.fd_dinov2.batch={dino.get('batch')!r} must be an integer >= 1")
     need(dino.get("method", "sqrtm") in ("sqrtm", "eigh"),
          f"metrics.fd_dinov2.method={dino.get('method')!r}: choose sqrtm (NVlabs/edm2) or eigh")
+    if cfg.guide is not None:
+        check_guidance(cfg.guidance, cfg.guidance_interval, cfg.guidance_interval_by)
     allowed = set(inspect.signature(sample).parameters) - NOT_SAMPLER_SETTINGS
     unknown = sorted(set(cfg.sampler) - allowed)
     need(not unknown, f"sampler.{unknown[0] if unknown else ''} is not an argument of edmlab.sample; "

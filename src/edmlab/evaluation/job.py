@@ -46,7 +46,8 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
         need(cfg.guide is not None, f"guidance={cfg.guidance} needs guide=<run dir | network file> (autoguidance) or "
                                     f"guide=uncond (classifier-free guidance)")
         subject.denoiser = GuidedDenoiser(subject.denoiser, ranks.agree(load_guide, str(cfg.guide), subject.denoiser,
-                                                                        device), cfg.guidance, cfg.guidance_interval)
+                                                                        device), cfg.guidance, cfg.guidance_interval,
+                                          cfg.guidance_interval_by)
     if cfg.class_label is not None:
         need(subject.label_dim > 0, f"class_label={cfg.class_label} but {cfg.ckpt} is unconditional (label_dim 0); "
                                     f"use class_label=null")
