@@ -2,8 +2,10 @@
 import itertools
 import json
 import pickle
+import struct
 import tarfile
 import zipfile
+import zlib
 from functools import partial
 from types import SimpleNamespace
 
@@ -162,6 +164,56 @@ def test_image_folder_names_the_corrupt_file(tmp_path, damage):
     target.write_bytes(b"not a png at all" if damage == "garbage" else data[: len(data) - 20])
     with pytest.raises(ValueError, match="Corrupt.*img00000004.png"):
         ImageFolderDataset(tmp_path)
+
+
+def damage_pixel_data(path, how):
+    """Rewrite the PNG at ``path`` with its IDAT chunk's zlib stream cut in half ("truncate") or its bytes after the
+    2-byte zlib header inverted ("flip"), each chunk's CRC recomputed: the header reads and ``verify()`` (which checks
+    the CRCs) passes, but the pixels do not decode."""
+    data, pos, chunks = path.read_bytes(), 8, []
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IDAT":
+            body = body[:len(body) // 2] if how == "truncate" else body[:2] + bytes(b ^ 0xFF for b in body[2:])
+        chunks.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
+        pos += 12 + length
+    path.write_bytes(data[:8] + b"".join(chunks))
+    with PIL.Image.open(path) as image:
+        image.verify()
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_image_folder_decodes_small_sets_at_start(tmp_path, how):
+    """A PNG whose pixel data is broken under a valid header and CRCs is refused by the constructor, the file (and
+    the ZIP member) named in one line; decode_at_start below the set's size leaves it to the first use, which names
+    it the same way."""
+    make_folder(tmp_path / "set", labels=False)
+    target = tmp_path / "set" / "00001" / "img00000004.png"
+    damage_pixel_data(target, how)
+    with pytest.raises(ValueError, match=r"Corrupt image .*set/00001/img00000004.png: its pixel data does not "
+                                         r"decode") as error:
+        ImageFolderDataset(tmp_path / "set")
+    assert "\n" not in str(error.value)
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as archive:
+        for path in sorted((tmp_path / "set").rglob("*.png")):
+            archive.write(path, path.relative_to(tmp_path / "set").as_posix())
+    with pytest.raises(ValueError, match=r"Corrupt image 00001/img00000004.png in .*set.zip: its pixel data"):
+        ImageFolderDataset(tmp_path / "set.zip")
+    for source in (tmp_path / "set", tmp_path / "set.zip"):
+        lazy = ImageFolderDataset(source, decode_at_start=4)  # 5 images: a "large" set
+        assert lazy[3][0].shape == (3, 4, 4)
+        with pytest.raises(ValueError, match=r"Corrupt image .*00001/img00000004.png"):
+            lazy[4]
+    subset = ImageFolderDataset(tmp_path / "set", max_size=3, seed=1)  # only the kept images are decoded
+    assert "00001/img00000004.png" not in subset.files and len(subset) == 3
+
+
+def test_image_folder_decode_at_start_must_be_a_count(tmp_path):
+    make_folder(tmp_path, labels=False)
+    assert len(ImageFolderDataset(tmp_path, decode_at_start=0)) == 5
+    with pytest.raises(ValueError, match=r"decode_at_start must be an integer >= 0 .*decode_at_start=-1"):
+        ImageFolderDataset(tmp_path, decode_at_start=-1)
 
 
 @pytest.mark.parametrize("odd, message", [(np.zeros((5, 5, 3), np.uint8), r"\(3, 5, 5\) but"),

@@ -7,8 +7,12 @@ number of channels (1 = greyscale, 3 = RGB). Items are ``(x, label)`` with x = u
 float32 ``[C, R, R]`` in [−1, 1], and the integer class label (−1 when the set is unlabelled).
 
 The constructor checks every file cheaply (PIL reads the header and ``verify()`` checks the
-chunks without decoding pixels) and the labels against the file list, so a broken data set fails
-at start-up with the offending file named rather than hours into training.
+chunks' CRCs without decoding pixels) and the labels against the file list. A file can pass that and
+still fail to decode (a PNG whose IDAT holds a broken zlib stream under a valid CRC), so a set of at
+most ``decode_at_start`` images (100k by default) is also decoded in full at start-up, with a progress
+bar, exactly as ``__getitem__`` decodes it. A broken data set then fails before training with the
+offending file (and ZIP member) named rather than hours into training; a larger set is decoded on
+first use, and a failure there names the file the same way.
 """
 import json
 import os
@@ -17,6 +21,7 @@ import zipfile
 import numpy as np
 import PIL.Image
 import torch
+from tqdm import tqdm
 
 _CHANNELS = {"L": 1, "RGB": 3}
 _FIX = "re-create the data set with NVlabs/edm's dataset_tool.py (or convert the file with PIL)"
@@ -28,10 +33,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     ``resolution``: the expected side length (None = whatever the files have).
     ``use_labels``: read ``dataset.json``; False treats the set as unlabelled.
     ``max_size``: keep a random subset of this many images (drawn with ``seed``, kept in file order).
+    ``decode_at_start``: decode every kept image in the constructor when there are at most this many
+    (0: never; each image is then decoded on first use only).
     """
 
     def __init__(self, path: str, resolution: int | None = None, use_labels: bool = True,
-                 max_size: int | None = None, seed: int = 0):
+                 max_size: int | None = None, seed: int = 0, decode_at_start: int = 100_000):
+        if isinstance(decode_at_start, bool) or not isinstance(decode_at_start, int) or decode_at_start < 0:
+            raise ValueError(f"decode_at_start must be an integer >= 0 (0: decode on first use only), got "
+                             f"decode_at_start={decode_at_start!r}")
         self.path = os.fspath(path)
         self._zip = None
         if os.path.isdir(self.path):
@@ -67,6 +77,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 self.files = [self.files[i] for i in keep]
                 if self.labels is not None:
                     self.labels = self.labels[keep]
+        if len(self.files) <= decode_at_start:
+            self._decode_all()
 
     def _archive(self) -> zipfile.ZipFile:
         if self._zip is None:
@@ -111,6 +123,30 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                                  f"has {expected}; all images must share one size and channel count: {_FIX}")
         return expected
 
+    def _decode_all(self) -> None:
+        """Decode every image once (``_pixels``), so that pixel data which the header check cannot see fails now."""
+        quiet = None if int(os.environ.get("RANK", 0) or 0) == 0 else True  # None: a bar on a terminal only
+        for name in tqdm(self.files, desc=f"Decoding {len(self.files)} images of {self.path}", unit="img",
+                         disable=quiet, leave=False):
+            self._pixels(name)
+
+    def _pixels(self, name: str) -> np.ndarray:
+        """The uint8 pixels ``[C, R, R]`` of ``name``; a file that does not decode to them is a ValueError naming it."""
+        try:
+            with self._open(name) as f, PIL.Image.open(f) as image:
+                pixels = np.array(image)
+        except Exception as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(f"Corrupt image {self._where(name)}: its pixel data does not decode ({reason}); "
+                             f"remove it or {_FIX}") from None
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        pixels = pixels.transpose(2, 0, 1)
+        if pixels.shape != self.shape or pixels.dtype != np.uint8:
+            raise ValueError(f"Image {self._where(name)} decoded to {pixels.dtype} (C, H, W)={pixels.shape}, "
+                             f"expected uint8 {self.shape}; {_FIX}")
+        return pixels
+
     def _read_labels(self, names: set[str]) -> tuple[np.ndarray | None, int]:
         if "dataset.json" not in names:
             return None, 0
@@ -147,18 +183,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        name = self.files[index]
-        try:
-            with self._open(name) as f, PIL.Image.open(f) as image:
-                pixels = np.array(image)
-        except Exception as error:
-            raise ValueError(f"Could not decode image {self._where(name)}: {error}; remove it or {_FIX}") from None
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        pixels = pixels.transpose(2, 0, 1)
-        if pixels.shape != self.shape or pixels.dtype != np.uint8:
-            raise ValueError(f"Image {self._where(name)} decoded to {pixels.dtype} (C, H, W)={pixels.shape}, "
-                             f"expected uint8 {self.shape}; {_FIX}")
+        pixels = self._pixels(self.files[index])
         image = torch.from_numpy(pixels.copy()).to(torch.float32) / 127.5 - 1
         label = -1 if self.labels is None else int(self.labels[index])
         return image, torch.tensor(label, dtype=torch.int64)

@@ -40,7 +40,7 @@ def load_uint8_images(data: str, root: str = "data", split: str | None = None, m
     elif os.path.exists(data):
         from edmlab.data.image_folder import ImageFolderDataset
 
-        dataset = ImageFolderDataset(data, use_labels=False)
+        dataset = ImageFolderDataset(data, use_labels=False, decode_at_start=0)  # decoded right below
         count = len(dataset) if max_images is None else min(max_images, len(dataset))
         return torch.stack([to_uint8(dataset[i][0]) for i in range(count)])
     else:
