@@ -4,6 +4,7 @@ orders of accuracy, digits metrics of a trained network, FID over seed ranges, a
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,52 @@ def test_bad_checkpoint_exits_2_with_one_clear_line(kind, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(path) in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_refused_run_leaves_no_run_dir_and_keeps_a_dir_with_other_files(tmp_path):
+    """The failure record of a refused single run goes with the dir Hydra made for it; a dir that held samples
+    before is kept whole."""
+    bad = run_script("eval.py", ["ckpt=bench:ring8", "num_samples=0", "logger=none"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr == "error: num_samples=0 must be an integer >= 1\n"
+    assert not (tmp_path / "outputs").exists()
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "samples.png").write_bytes(b"png")
+    bad = run_script("eval.py", ["ckpt=bench:ring8", "num_samples=0", "logger=none", f"hydra.run.dir={earlier}"],
+                     tmp_path)
+    assert bad.returncode == 2 and (earlier / "samples.png").read_bytes() == b"png"
+    assert json.loads((earlier / "metrics.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("metric,key,network,features", [
+    ("fid", "metrics.fid.ref", "Inception-v3 pool3", 2048), ("fd_dinov2", "metrics.fd_dinov2.ref", "DINOv2", 1024)])
+def test_a_reference_of_another_feature_size_is_refused_before_sampling(metric, key, network, features, digits_run,
+                                                                         tmp_path, monkeypatch):
+    """A 64-d mu/sigma file given as the reference of a 2048-d (Inception) or 1024-d (DINOv2) metric fails at job
+    start, naming the key, the file and both sizes; no sample is drawn, no file but the failure record written."""
+    import edmlab.evaluation.job as job
+    from edmlab.metrics import save_statistics
+
+    ref = tmp_path / "ref64.npz"
+    save_statistics(ref, np.zeros(64), np.eye(64))
+    drawn = []
+    monkeypatch.setattr(job, "draw", lambda *args, **kwargs: drawn.append(args) or pytest.fail("sampled"))
+    enable = ["metrics.fd_dinov2.enabled=true"] if metric == "fd_dinov2" else []
+    message = f"{key}={ref} holds 64-d statistics, but {network} features are {features}-d"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        eval_job(tmp_path, [f"ckpt={digits_run}", "num_samples=8", "save=npz", "grid_images=4", *enable,
+                            f"{key}={ref}"])
+    assert drawn == [] and sorted(p.name for p in (tmp_path / "job").iterdir()) == ["metrics.json"]
+    assert json.loads((tmp_path / "job" / "metrics.json").read_text())["error"].startswith(message)
+
+
+def test_a_reference_that_is_not_statistics_names_its_key(tmp_path):
+    np.savez(tmp_path / "images.npz", images=np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"^metrics\.fid\.ref: .*images\.npz' holds arrays \['images'\], but "
+                                         r"reference statistics need 'mu' and 'sigma'"):
+        eval_job(tmp_path, ["ckpt=bench:ring8", f"metrics.fid.ref={tmp_path / 'images.npz'}"])
+    with pytest.raises(FileNotFoundError, match=r"^metrics\.fid\.ref: reference statistics .*absent\.npz' not found"):
+        eval_job(tmp_path, ["ckpt=bench:ring8", f"metrics.fid.ref={tmp_path / 'absent.npz'}"])
 
 
 def test_sample_grid_places_image_k_at_row_k_div_nrow_on_a_white_border(tmp_path):

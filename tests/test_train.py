@@ -352,3 +352,38 @@ def test_train_script_end_to_end_with_wandb_offline(tmp_path):
     bad = run_script("train.py", ["sampler.rho=-1", "hydra.run.dir=bad"], tmp_path)
     assert bad.returncode == 2 and "rho=-1" in bad.stderr and "Traceback" not in bad.stderr
     assert not [p for p in (tmp_path / "bad").rglob("*") if p.suffix in (".ckpt", ".pt", ".json", ".png")]
+
+
+def test_a_failing_job_of_a_training_sweep_is_recorded_and_the_others_run(tmp_path):
+    """optim.lr=-1,0.002: job 0 is refused; its dir keeps a failure record naming optim.lr, job 1 trains and
+    writes its metrics, the sweep report lists the failure, and the process exits 1."""
+    sweep = tmp_path / "sweep"
+    args = with_overrides(TINY, ["logger=none", "duration_kimg=0.064", "callbacks.final_report.num_samples=8",
+                                 "sampler.num_steps=3", "optim.lr=-1,0.002"])
+    result = run_script("train.py", ["-m", *args, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    (failed,), (trained,) = sweep.glob("0_*"), sweep.glob("1_*")
+    record = json.loads((failed / "metrics.json").read_text())
+    assert (record["status"], record["job_num"]) == ("failed", 0) and "optim.lr=-1" in record["error"]
+    assert "optim.lr=-1" in record["overrides"] and (failed / ".hydra" / "overrides.yaml").is_file()
+    assert json.loads((trained / "metrics.json").read_text()).get("status", "ok") == "ok"
+    assert (trained / "network.pt").is_file()
+    with open(sweep / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["optim.lr"], r["status"]) for r in rows] == [("-1", "failed"), ("0.002", "ok")]
+    assert "(2 jobs, 1 failed)" in result.stdout
+    assert "error: job 0 (" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_refused_run_leaves_no_run_dir_and_keeps_a_dir_with_other_files(tmp_path):
+    """A refused single run exits 2 with one line; the dir Hydra made for it goes, unless it holds more than
+    Hydra's own files (here a resumed run's checkpoint)."""
+    bad = run_script("train.py", ["optim.lr=-1"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert bad.stderr.startswith("error: optim.lr=-1") and not (tmp_path / "outputs").exists()
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    (resumed / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    bad = run_script("train.py", ["optim.lr=-1", f"hydra.run.dir={resumed}"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert (resumed / "checkpoints" / "last.ckpt").read_bytes() == b"weights" and (resumed / ".hydra").is_dir()

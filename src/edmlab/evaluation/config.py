@@ -1,5 +1,5 @@
 """The settings of an evaluation job (conf/eval.yaml): checked before anything runs, resolved (device, σ grid)
-and summarised for metrics.json; the Hydra job it runs in."""
+and summarised for metrics.json."""
 import inspect
 
 import torch
@@ -68,27 +68,6 @@ def grid_kwargs(sampler_kwargs: dict, denoiser) -> dict:
     """The arguments of ``time_steps`` among the sampler's."""
     names = set(inspect.signature(time_steps).parameters) - {"num_steps", "denoiser"}
     return {k: v for k, v in sampler_kwargs.items() if k in names} | {"denoiser": denoiser}
-
-
-def job_info() -> dict:
-    """The Hydra overrides and job number of the running job (empty outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    hydra_cfg = HydraConfig.get()
-    info = {"overrides": list(hydra_cfg.overrides.task)}
-    num = OmegaConf.select(hydra_cfg, "job.num", default=None)
-    if num is not None:
-        info["job_num"] = int(num)
-    return info
-
-
-def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def config_summary(cfg: DictConfig, **resolved) -> dict:

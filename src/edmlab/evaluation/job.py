@@ -12,23 +12,23 @@ with an error (no rank waits forever), and in a multirun the next job's collecti
 """
 import contextlib
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..cli import failure_message, in_multirun, job_info, print_job_failure
 from ..distributed import Ranks, env_ranks, init_process_group, rank_device
 from ..generation import Drawn, draw
 from ..guidance import GuidedDenoiser, guided_nfe, load_guide
 from ..sampling import sigma_range, sigma_steps
 from ..solvers import CountingDenoiser
 from ..threads import num_threads
-from .config import check_config, config_summary, grid_kwargs, in_multirun, job_info, need, resolve_device
+from .config import check_config, config_summary, grid_kwargs, need, resolve_device
 from .outputs import log_to_wandb, save_picture, save_samples, write_json
 from .reference import ode_error
-from .scoring import DINOv2Scores, InceptionScores, dataset_scorer
+from .scoring import DINOv2Scores, InceptionScores, check_references, dataset_scorer
 from .subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     """Sample, score and save; return the metrics.json record and the samples.png path (rank 0; None, None on
     the other ranks)."""
     check_config(cfg)
+    ranks.agree(check_references, cfg.metrics)
     need(cfg.num_samples >= ranks.world, f"num_samples={cfg.num_samples} is fewer than the {ranks.world} processes: "
                                          f"ask for at least one sample per process")
     sampler_kwargs = OmegaConf.to_container(cfg.sampler, resolve=True)
@@ -206,8 +207,7 @@ def evaluate(cfg: DictConfig, catch_errors: bool | None = None) -> dict:
         check_same_run_dir(out, ranks)
         record, grid = run(cfg, out, device, ranks)
     except Exception as e:
-        message = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
-        record = {"status": "failed", "error": message, "config": config_summary(cfg), **job_info()}
+        record = {"status": "failed", "error": failure_message(e), "config": config_summary(cfg), **job_info()}
         if not ranks.is_zero:
             if not catch:
                 raise
@@ -216,8 +216,7 @@ def evaluate(cfg: DictConfig, catch_errors: bool | None = None) -> dict:
         if not catch:
             raise
         log.exception("evaluation failed")
-        where = " ".join(record.get("overrides", []))
-        print(f"error: job {record.get('job_num', '')} ({where}) failed: {message}", file=sys.stderr)
+        print_job_failure(record)
         return record
     if not ranks.is_zero:
         return {}

@@ -15,6 +15,7 @@
   ViT-L/14 features (``edmlab.metrics.dinov2``) against ``metrics.fd_dinov2.ref`` (NVlabs/edm2's dataset-refs
   ``.pkl``, or ``ref_stats --detector dinov2``), over the same seed ranges as FID.
 """
+import numpy as np
 import torch
 
 from ..distributed import Ranks, mean_covariance
@@ -32,15 +33,60 @@ def dataset_scorer(subject: Subject, class_label: int | None):
     return dataset_metric(subject.dataset) if subject.dataset is not None else None
 
 
+REFERENCE_KEYS = {"fid": "metrics.fid.ref", "fd_dinov2": "metrics.fd_dinov2.ref"}
+REFERENCE_HINTS = {
+    "fid": "a DINOv2 file?; use NVlabs/edm's reference .npz, NVlabs/edm2's dataset-refs .pkl or `python -m "
+           "edmlab.metrics.ref_stats`",
+    "fd_dinov2": "an Inception .npz?; use NVlabs/edm2's dataset-refs .pkl or `python -m edmlab.metrics.ref_stats "
+                 "--detector dinov2`"}
+
+
+def feature_size(metric: str) -> tuple[int, str]:
+    """(feature size, network name) of the features that ``metric`` compares with its reference statistics."""
+    if metric == "fid":
+        from ..metrics.nvlabs_inception import FEATURE_DIM
+
+        return FEATURE_DIM, "Inception-v3 pool3"  # torch-fidelity's detector and NVlabs' alike
+    from ..metrics.dinov2 import feature_dim
+
+    return feature_dim(), "DINOv2"
+
+
+def reference_statistics(metric: str, path) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of ``metric``'s reference file (fid: ``metrics.fid.ref``, fd_dinov2: ``metrics.fd_dinov2.ref``),
+    refused in one line naming the key when it is missing, not statistics, or of another feature size than the
+    metric's network: the size would otherwise fail only in the Fréchet distance, after every sample is drawn."""
+    from ..metrics.frechet import load_statistics
+
+    key = REFERENCE_KEYS[metric]
+    try:
+        mu, sigma = load_statistics(path, metric=metric)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{key}: {e}") from None
+    features, network = feature_size(metric)
+    if mu.shape[0] != features:
+        raise ValueError(f"{key}={path} holds {mu.shape[0]}-d statistics, but {network} features are "
+                         f"{features}-d ({REFERENCE_HINTS[metric]})")
+    return mu, sigma
+
+
+def check_references(mcfg) -> None:
+    """Read and check every reference file of the job's metrics (``reference_statistics``): called at job start,
+    before the checkpoint is loaded and any sample is drawn."""
+    if mcfg.fid.ref is not None:
+        reference_statistics("fid", mcfg.fid.ref)
+    dino = mcfg.get("fd_dinov2") or {}
+    if dino.get("enabled", False) and dino.get("ref") is not None:
+        reference_statistics("fd_dinov2", dino["ref"])
+
+
 class InceptionScores:
     """FID (min over seed ranges), KID and IS of image samples, with torch-fidelity's Inception-v3."""
 
     def __init__(self, mcfg, device, ranks: Ranks = Ranks()):
-        from ..metrics.frechet import load_statistics
-
         fid = mcfg.fid
         self.weights_path, self.batch, self.method, self.device = fid.weights_path, int(fid.batch), fid.method, device
-        self.ref = load_statistics(fid.ref) if fid.ref is not None else None
+        self.ref = reference_statistics("fid", fid.ref) if fid.ref is not None else None
         self.kid, self.isc, self.ranks = bool(mcfg.kid), bool(mcfg.isc), ranks
         self.prc = bool(mcfg.get("prc", False))
         self.detector, self.detector_path = fid.get("detector", "torch-fidelity"), fid.get("detector_path")
@@ -115,7 +161,6 @@ class DINOv2Scores:
 
     def __init__(self, mcfg, device, ranks: Ranks = Ranks()):
         from ..metrics.dinov2 import load_dinov2
-        from ..metrics.frechet import load_statistics
 
         cfg = mcfg.get("fd_dinov2") or {}
         self.enabled, self.ranks, self.device = bool(cfg.get("enabled", False)), ranks, device
@@ -132,12 +177,8 @@ class DINOv2Scores:
             raise ValueError("metrics.fd_dinov2.enabled=true needs metrics.fd_dinov2.ref=<NVlabs/edm2 dataset-refs "
                              ".pkl, e.g. img512.pkl, or an .npz of `python -m edmlab.metrics.ref_stats --detector "
                              "dinov2`>")
-        self.ref = load_statistics(ref, metric="fd_dinov2")
-        features = load_dinov2(self.weights_path, device).embed_dim
-        if self.ref[0].shape[0] != features:
-            raise ValueError(f"metrics.fd_dinov2.ref={ref} holds {self.ref[0].shape[0]}-d statistics, but DINOv2 "
-                             f"features are {features}-d (an Inception .npz?); use NVlabs/edm2's dataset-refs .pkl or "
-                             f"`python -m edmlab.metrics.ref_stats --detector dinov2`")
+        self.ref = reference_statistics("fd_dinov2", ref)
+        load_dinov2(self.weights_path, device)  # a missing or foreign weights file fails before sampling too
 
     @property
     def active(self) -> bool:

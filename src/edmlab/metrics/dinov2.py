@@ -236,6 +236,12 @@ def check_state_dict(state: dict, network: nn.Module, path: str) -> None:
                          f"{WEIGHTS_FILE} from {WEIGHTS_URL}")
 
 
+def feature_dim() -> int:
+    """The size of the features of ``build_network()`` (1024 for ViT-L/14), from its layout alone: no weights."""
+    with torch.device("meta"):
+        return build_network().embed_dim
+
+
 def load_dinov2(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """``build_network()`` with the weights of the file, in eval mode on ``device``; kept per file and device."""
     path = resolve_weights(weights_path)
