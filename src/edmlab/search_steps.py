@@ -16,6 +16,7 @@
    ‖x − x*‖). The steps file records the grid, solver, nfe, final_step, afs, model and these scores; the sampler
    reads it with ``discretization=custom steps=<file>`` (``sampler.steps=`` in the configs).
 """
+import inspect
 import json
 import math
 import sys
@@ -212,6 +213,23 @@ ARGS = {"ckpt": str, "solver": str, "nfe": int, "out": str, "final_step": str, "
         "sigma_max": float, "max_order": int}
 
 
+DEFAULT_OUT = "steps.json"
+HELP = ("-h", "--help")
+
+
+def usage() -> str:
+    """The usage text of ``--help``: what the tool does and every key=value option with its default (those of
+    ``search``; ``out`` is the steps file written)."""
+    defaults = {name: p.default for name, p in inspect.signature(search).parameters.items()
+                if p.default is not inspect.Parameter.empty} | {"out": DEFAULT_OUT}
+    options = [f"  {key}=<{kind.__name__}>  (default {'none' if defaults.get(key) is None else defaults[key]})"
+               for key, kind in ARGS.items() if key != "ckpt"]
+    return "\n".join(["usage: python -m edmlab.search_steps ckpt=<run dir | network.pt | bench:<preset>> "
+                      "[key=value ...]", "", __doc__.split("\n\n")[0], "", "options:",
+                      "  ckpt=<str>  (required) a run dir of src/train.py, its network.pt, or bench:<preset>",
+                      *options])
+
+
 def parse(argv) -> dict:
     """key=value arguments (``ARGS``); ckpt is required; null/none for final_step/afs means unset."""
     args = {}
@@ -231,9 +249,13 @@ def parse(argv) -> dict:
     return args
 
 
-def main(argv=None) -> dict:
-    args = parse(sys.argv[1:] if argv is None else argv)
-    ckpt, out = args.pop("ckpt"), Path(args.pop("out", "steps.json"))
+def main(argv=None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(item in HELP for item in argv):
+        print(usage())
+        return None
+    args = parse(argv)
+    ckpt, out = args.pop("ckpt"), Path(args.pop("out", DEFAULT_OUT))
     if out.is_dir():
         raise ValueError(f"out={out} is a directory; give a file path such as out={out / 'steps.json'}")
     denoiser, shape, label_dim = load_model(ckpt)

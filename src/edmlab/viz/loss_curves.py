@@ -182,7 +182,8 @@ def plot_runs(runs: list[str | Path], path: str | Path, phases: int = 4) -> Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="EDM Fig. 5a: loss per σ of training runs (their csv/metrics.csv).")
+    parser = argparse.ArgumentParser(prog="python -m edmlab.viz.loss_curves",
+                                     description="EDM Fig. 5a: loss per σ of training runs (their csv/metrics.csv).")
     parser.add_argument("runs", nargs="+", help="run directories of src/train.py")
     parser.add_argument("--out", default=None, help="the PNG (one run: <run>/loss_per_sigma.png; several: "
                                                     "outputs/figures/loss_per_sigma.png)")
