@@ -116,7 +116,7 @@ def test_snapshot_is_written_atomically(tmp_path, monkeypatch):
     before = (tmp_path / "snapshot-000000001000.pt").read_bytes()
 
     def broken_save(obj, f):
-        open(f, "wb").write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

@@ -3,60 +3,167 @@
 The file (``torch.save``) holds ``format``, the specs (``_target_`` dicts) of the raw network and of the
 preconditioning, the data-dependent network keywords, the EMA weights and the resolved run config. ``load`` also
 reads a Lightning checkpoint of ``edmlab.lightning.EDMModule`` (its EMA weights).
+
+A file is data, never code: every file read here is unpickled with ``weights_only=True`` (tensors, numbers,
+strings and containers; our formats need nothing else), and a ``_target_`` read from a file names one of
+edmlab's own classes (``FILE_TARGETS``), never an arbitrary dotted path to import. Specs composed from the user's
+own config (``conf/``) resolve any dotted path, as Hydra does.
 """
 import functools
 import importlib
 import inspect
+import re
+import warnings
 from pathlib import Path
 
 import torch
 
+from .files import atomic_torch_save
+
 FORMAT = "edmlab-network-v1"
+READS = ("an edmlab network file (network.pt) or a Lightning checkpoint (checkpoints/last.ckpt) written by "
+         "src/train.py")
+
+# What a file's spec may name, by role; each class also under its defining module's path (edmlab.nvlabs writes
+# edmlab.nets.edm2.EDM2UNet, a user's conf may write edmlab.preconditioning.EDMPrecond).
+FILE_TARGETS = {
+    "network": ("edmlab.nets.SongUNet", "edmlab.nets.DhariwalUNet", "edmlab.nets.MLP", "edmlab.nets.EDM2UNet"),
+    "preconditioning": ("edmlab.EDMPrecond", "edmlab.VPPrecond", "edmlab.VEPrecond", "edmlab.iDDPMPrecond",
+                        "edmlab.nets.EDM2Precond"),
+    "data set": ("edmlab.data.DigitsDataset", "edmlab.data.PointsDataset"),
+}
 
 
 def resolve(target: str):
-    """The object named by a dotted ``_target_`` path."""
+    """The object named by a dotted ``_target_`` path of the user's own config (any importable name)."""
     module, _, name = target.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
 
-def build(spec: dict, **extra):
+@functools.cache
+def _file_classes(role: str) -> dict:
+    classes = {}
+    for name in FILE_TARGETS[role]:
+        cls = resolve(name)
+        classes[name] = classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return classes
+
+
+def file_target(target, role: str, source) -> type:
+    """The class a ``_target_`` read from the file ``source`` names, looked up in ``FILE_TARGETS[role]``: nothing
+    is imported by name, so a file naming ``os.system`` or ``builtins.exec`` is refused before anything runs."""
+    classes = _file_classes(role)
+    if not isinstance(target, str) or target not in classes:
+        raise ValueError(f"{source}: its {role} _target_ {target!r} is not one of edmlab's own "
+                         f"({', '.join(FILE_TARGETS[role])}); a file may name only those, and nothing it names "
+                         f"was imported or run")
+    return classes[target]
+
+
+def _target_class(target, role: str, source):
+    return resolve(target) if source is None else file_target(target, role, source)
+
+
+def _nested_target(value):
+    """The first ``_target_`` among the values of a spec (in dicts and lists at any depth), else None."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for child in children:
+        found = child.get("_target_") if isinstance(child, dict) and "_target_" in child else _nested_target(child)
+        if found is not None:
+            return found
+    return None
+
+
+def build(spec: dict, *, role: str | None = None, source=None, **extra):
     """Instantiate a ``{'_target_': 'pkg.Class', **kwargs}`` spec as Hydra's ``instantiate`` does for a flat spec:
     with ``_partial_: true`` the result is ``functools.partial(Class, **kwargs)``, to be called with what is known
-    later (a network spec waits for the data's keywords)."""
+    later (a network spec waits for the data's keywords). Flat: a nested ``_target_`` dict is passed as a dict.
+
+    ``source``: the file the spec was read from, whose ``_target_`` must then be one of ``FILE_TARGETS[role]``
+    and whose values hold no ``_target_`` (Hydra would build those too); None for a spec of the user's own
+    config, whose ``_target_`` is imported."""
     spec = dict(spec)
-    target = resolve(spec.pop("_target_"))
+    target = _target_class(spec.pop("_target_", None), role, source)
+    nested = _nested_target(spec) if source is not None else None
+    if nested is not None:
+        raise ValueError(f"{source}: its {role} spec nests a _target_ {nested!r}; a file's specs are flat, so "
+                         f"nothing it names was imported or run")
     if spec.pop("_partial_", False):
         return functools.partial(target, **spec, **extra)
     return target(**spec, **extra)
 
 
-def build_denoiser(model_spec: dict) -> torch.nn.Module:
-    """The preconditioned network D(x; σ) of a model spec {network, network_kwargs, preconditioning}.
+def _check_model_spec(model_spec, source) -> None:
+    groups = ("network", "network_kwargs", "preconditioning")
+    shape = model_spec.get("shape") if isinstance(model_spec, dict) else None
+    if not (isinstance(model_spec, dict) and all(isinstance(model_spec.get(k), dict) for k in groups)
+            and isinstance(shape, list) and all(isinstance(n, int) for n in shape)):
+        found = sorted(map(str, model_spec)) if isinstance(model_spec, dict) else type(model_spec).__name__
+        raise ValueError(f"{source}: its model spec is not an edmlab one (dicts {', '.join(groups)} and a shape "
+                         f"list; found {found})")
+
+
+def build_denoiser(model_spec: dict, source=None) -> torch.nn.Module:
+    """The preconditioned network D(x; σ) of a model spec {network, network_kwargs, preconditioning}; ``source``:
+    the file it was read from (its targets then come from ``FILE_TARGETS``), None for the user's own config.
 
     ``network_kwargs`` describe the data; a network with ``out_channels`` gets the preconditioning's
     ``out_channels_factor`` times the data's channels (iDDPM: 2, as NVlabs/edm)."""
+    if source is not None:
+        _check_model_spec(model_spec, source)
     kwargs = dict(model_spec["network_kwargs"])
+    precond = _target_class(model_spec["preconditioning"].get("_target_"), "preconditioning", source)
     if "out_channels" in kwargs:
-        precond = resolve(model_spec["preconditioning"]["_target_"])
         kwargs["out_channels"] *= getattr(precond, "out_channels_factor", 1)
+    where = f"{source}: " if source is not None else ""
     try:
-        net = build({**model_spec["network"], "_partial_": True})(**kwargs)
+        net = build({**model_spec["network"], "_partial_": True}, role="network", source=source)(**kwargs)
     except TypeError as e:
-        raise ValueError(f"network {model_spec['network'].get('_target_')} does not fit the data "
+        raise ValueError(f"{where}network {model_spec['network'].get('_target_')} does not fit the data "
                          f"({model_spec['network_kwargs']}): {e}. Use a UNet (network=digits_small/ddpmpp/ncsnpp/adm) "
                          f"for images and network=mlp for points (data=mixture)") from e
-    return build(model_spec["preconditioning"], model=net)
+    try:
+        return build(model_spec["preconditioning"], role="preconditioning", source=source, model=net)
+    except TypeError as e:
+        raise ValueError(f"{where}preconditioning {model_spec['preconditioning'].get('_target_')} does not take the "
+                         f"keywords {model_spec['preconditioning']}: {e}") from e
 
 
 def save_network(path: str | Path, denoiser: torch.nn.Module, model_spec: dict, config: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the network file of ``denoiser`` atomically: a reader or a crash sees the old file or the new one."""
     state = {k: v.detach().cpu() for k, v in denoiser.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, "model": model_spec, "state_dict": state, "config": config}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"format": FORMAT, "model": model_spec, "state_dict": state, "config": config}, path)
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """What ``weights_only`` refused in ``path``: the globals it names (read statically, none of them imported)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint (a bare pickle): torch's own reason below
+        names = []
+    if names:
+        return f"it names {', '.join(sorted(names))}"
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    return found.group(1).strip() if found else "weights_only refused it"
+
+
+def read_plain(path: str | Path, expected: str = READS):
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, so unpickling
+    imports and calls nothing that the file names. Every file edmlab writes (network.pt, checkpoints/last.ckpt,
+    phema snapshots) is of that kind. A file that needs more, or that torch cannot read, is a one-line
+    ValueError naming it and what was ``expected``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol")  # a bare pickle, refused below
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a file that is not one of ours
+        if "Weights only load failed" in str(e):
+            reason = f"it is not a plain-tensor edmlab file ({_refusal(path, e)}); nothing in it was run"
+        else:
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            reason = f"torch.load failed with {type(e).__name__}: {first_line}; nothing in it was run"
+        raise ValueError(f"cannot read {path}: {reason}. Expected {expected}") from None
 
 
 def _read(path: Path) -> tuple[dict, dict, dict | None]:
@@ -66,23 +173,22 @@ def _read(path: Path) -> tuple[dict, dict, dict | None]:
         from .nvlabs import read_network_pickle
 
         return (*read_network_pickle(path), None)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}. Expected an edmlab network file (network.pt) or a Lightning "
-                         f"checkpoint (checkpoints/last.ckpt) written by src/train.py") from e
+    blob = read_plain(path)
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         return blob["model"], blob["state_dict"], blob.get("config")
-    if isinstance(blob, dict) and "edmlab" in blob:
+    if isinstance(blob, dict) and isinstance(blob.get("edmlab"), dict) and isinstance(blob.get("state_dict"), dict):
         prefix = "ema."
         state = {k[len(prefix):]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
-        return blob["edmlab"]["model"], state, blob["edmlab"].get("config")
+        return blob["edmlab"].get("model"), state, blob["edmlab"].get("config")
     raise ValueError(f"{path} is not an edmlab network file or an edmlab training checkpoint "
                      f"(no 'format': {FORMAT!r} and no 'edmlab' entry); NVlabs network pickles load by their .pkl name")
 
 
 def load_weights(denoiser: torch.nn.Module, state: dict, path) -> None:
-    """Load ``state`` into ``denoiser``: every key present on both sides, each shape equal, else a ValueError."""
+    """Load ``state`` into ``denoiser``: every key present on both sides, each a tensor of equal shape, else a
+    ValueError."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: its weights are not a dict of tensors")
     ours = denoiser.state_dict()
     missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
@@ -113,7 +219,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         raise FileNotFoundError(f"no network file at {path}; pass the network.pt or checkpoints/last.ckpt of a run, "
                                 f"or an NVlabs network-snapshot .pkl")
     model_spec, state, config = _read(path)
-    denoiser = build_denoiser(model_spec)
+    denoiser = build_denoiser(model_spec, source=path)
     load_weights(denoiser, state, path)
     denoiser.model_spec = model_spec
     denoiser.training_config = config if isinstance(config, dict) else None
@@ -128,7 +234,7 @@ def init_from(path: str | Path, model_spec: dict, *denoisers: torch.nn.Module) -
     ``denoisers`` built from ``model_spec``. The data shape, preconditioning and architecture must be the same
     (dropout may differ); else a ValueError names each difference."""
     source = load(path)
-    ours, other = _architecture(model_spec), _architecture(source.model_spec)
+    ours, other = _architecture(model_spec), _architecture(source.model_spec, path)
     differ = [f"{k}: file {other.get(k)!r} vs run {ours.get(k)!r}" for k in sorted(set(ours) | set(other))
               if ours.get(k) != other.get(k)]
     if differ:
@@ -139,13 +245,13 @@ def init_from(path: str | Path, model_spec: dict, *denoisers: torch.nn.Module) -
         load_weights(denoiser, state, path)
 
 
-def _architecture(model_spec: dict) -> dict:
+def _architecture(model_spec: dict, source=None) -> dict:
     """What fixes the weights' meaning: data shape, and the network's and preconditioning's keywords with their
-    defaults filled in (lists as lists)."""
+    defaults filled in (lists as lists); ``source`` as for ``build_denoiser``."""
     out = {"shape": list(model_spec["shape"])}
     for group, spec, extra in (("network", model_spec["network"], model_spec["network_kwargs"]),
                                ("preconditioning", model_spec["preconditioning"], {})):
-        params = inspect.signature(resolve(spec["_target_"])).parameters.values()
+        params = inspect.signature(_target_class(spec["_target_"], group, source)).parameters.values()
         given = {**{p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "model"},
                  **{k: v for k, v in spec.items() if k != "_partial_"}, **extra}
         out.update({f"{group}.{k}": list(v) if isinstance(v, tuple) else v for k, v in given.items()

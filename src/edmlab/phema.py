@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .export import save_network
+from .export import build_denoiser, load_weights, read_plain, save_network
+from .files import atomic_torch_save, atomic_write
 
 STD_MAX = 1 / math.sqrt(12)
 SNAPSHOT_FORMAT = "edmlab-phema-snapshot-v1"
@@ -83,17 +84,12 @@ def snapshot_path(directory: str | Path, nimg: int) -> Path:
 
 
 def save_snapshot(directory: str | Path, nimg: int, stds, averages, model_spec: dict, config: dict | None) -> Path:
-    """Write the power EMAs ``averages`` (modules, one per std) at ``nimg`` images: a temporary file renamed into
-    place, so a crash leaves either the complete snapshot or none."""
-    path = snapshot_path(directory, nimg)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the power EMAs ``averages`` (modules, one per std) at ``nimg`` images atomically, so a crash leaves
+    either the complete snapshot or none."""
     blob = {"format": SNAPSHOT_FORMAT, "nimg": int(nimg), "stds": [float(s) for s in stds], "model": model_spec,
             "config": config,
             "state_dicts": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in averages]}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(blob, snapshot_path(directory, nimg))
 
 
 def carry_snapshots(source: str | Path, target: str | Path, max_nimg: int) -> list[Path]:
@@ -112,8 +108,8 @@ def carry_snapshots(source: str | Path, target: str | Path, max_nimg: int) -> li
         try:
             os.link(f, dst)
         except OSError:
-            shutil.copyfile(f, dst.with_name(dst.name + ".tmp"))
-            os.replace(dst.with_name(dst.name + ".tmp"), dst)
+            with open(f, "rb") as src:
+                atomic_write(dst, lambda out: shutil.copyfileobj(src, out))
         carried.append(dst)
     return carried
 
@@ -126,6 +122,20 @@ def snapshot_dir(run: str | Path) -> Path:
     return run / SNAPSHOT_DIR if (run / SNAPSHOT_DIR).is_dir() else run
 
 
+def read_snapshot(path: Path) -> dict:
+    """One snapshot file, read as data (``edmlab.export.read_plain``: nothing in it runs); its ``file`` is the path,
+    which names it in the errors of what is built from its model spec."""
+    blob = read_plain(path, expected=f"a post-hoc EMA snapshot ({SNAPSHOT_FORMAT}) written by src/train.py ema=power")
+    states = blob.get("state_dicts") if isinstance(blob, dict) else None
+    if not (isinstance(blob, dict) and blob.get("format") == SNAPSHOT_FORMAT and isinstance(blob.get("nimg"), int)
+            and isinstance(blob.get("stds"), list) and isinstance(states, list) and len(blob["stds"]) == len(states)
+            and all(isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values()) for sd in states)):
+        raise ValueError(f"{path} is not a post-hoc EMA snapshot ('format': {SNAPSHOT_FORMAT!r}, nimg, one state "
+                         f"dict of tensors per std); the snapshot-*.pt files of a run are written by src/train.py "
+                         f"ema=power")
+    return {**blob, "file": path}
+
+
 def load_snapshots(run: str | Path, at_kimg: float | None = None) -> list[dict]:
     """The snapshots of a run (sorted by nimg), those up to ``at_kimg`` thousand images when given."""
     directory = snapshot_dir(run)
@@ -133,7 +143,7 @@ def load_snapshots(run: str | Path, at_kimg: float | None = None) -> list[dict]:
     if not files:
         raise FileNotFoundError(f"{run} holds no post-hoc EMA snapshots ({directory}/snapshot-*.pt): train it with "
                                 f"ema=power (snapshots every ema.snapshot_kimg)")
-    snaps = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    snaps = [read_snapshot(f) for f in files]
     first = snaps[0]["nimg"]
     if at_kimg is not None:
         snaps = [s for s in snaps if s["nimg"] <= at_kimg * 1000]
@@ -168,11 +178,9 @@ def reconstruct(snapshots: list[dict], stds) -> list[dict]:
 def load_reconstructed(run: str | Path, std: float, at_kimg: float | None = None,
                        device: str | torch.device = "cpu") -> torch.nn.Module:
     """The denoiser of a run with its post-hoc EMA of width ``std`` (what ``edmlab.load`` gives for a network file)."""
-    from .export import build_denoiser
-
     snaps = load_snapshots(run, at_kimg)
-    denoiser = build_denoiser(snaps[-1]["model"])
-    denoiser.load_state_dict(reconstruct(snaps, [std])[0])
+    denoiser = build_denoiser(snaps[-1]["model"], source=snaps[-1]["file"])
+    load_weights(denoiser, reconstruct(snaps, [std])[0], snaps[-1]["file"])
     denoiser.model_spec = snaps[-1]["model"]
     config = snaps[-1].get("config")
     denoiser.training_config = config if isinstance(config, dict) else None
@@ -182,15 +190,13 @@ def load_reconstructed(run: str | Path, std: float, at_kimg: float | None = None
 
 def write_networks(run: str | Path, stds, at_kimg: float | None = None, out_dir: str | Path | None = None) -> list[Path]:
     """``network-phema-<std>.pt`` files (edmlab network files, read by ``edmlab.load``) in ``out_dir`` (the run)."""
-    from .export import build_denoiser
-
     stds = [check_std(s) for s in stds]
     snaps = load_snapshots(run, at_kimg)
     out_dir = Path(out_dir) if out_dir is not None else Path(run)
-    denoiser = build_denoiser(snaps[-1]["model"])
+    denoiser = build_denoiser(snaps[-1]["model"], source=snaps[-1]["file"])
     paths = []
     for std, state in zip(stds, reconstruct(snaps, stds)):
-        denoiser.load_state_dict(state)
+        load_weights(denoiser, state, snaps[-1]["file"])
         paths.append(save_network(out_dir / f"network-phema-{std:.3f}.pt", denoiser, snaps[-1]["model"],
                                   snaps[-1].get("config")))
     return paths

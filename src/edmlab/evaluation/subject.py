@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..export import load
+from ..export import build, load, network_file
 from ..mixture import GaussianMixture
 from ..phema import load_reconstructed
 
@@ -50,14 +50,16 @@ class Subject:
         return len(self.shape) == 3
 
 
-def training_dataset(config: dict | None):
-    """The training data set, rebuilt when a data-set metric exists for it (digits, mixture points), else None."""
-    from hydra.utils import instantiate
+def training_dataset(config: dict | None, source):
+    """The training data set, rebuilt when a data-set metric exists for it (digits, mixture points), else None.
 
+    ``config`` was read from the file ``source``, so its data set spec is built flat and only as one of edmlab's
+    own data sets (``edmlab.export.FILE_TARGETS``): Hydra's recursive ``instantiate`` would import and call any
+    ``_target_`` the file names, nested ones included."""
     spec = ((config or {}).get("data") or {}).get("dataset")
     if not isinstance(spec, dict) or str(spec.get("_target_", "")).rsplit(".", 1)[-1] not in SCORED_DATASETS:
         return None
-    return instantiate(spec)
+    return build(spec, role="data set", source=source)
 
 
 def load_subject(ckpt: str, device: torch.device, class_label: int | None = None, ema_std: float | None = None,
@@ -70,7 +72,7 @@ def load_subject(ckpt: str, device: torch.device, class_label: int | None = None
         label_dim = mixture.num_components if class_label is not None else 0
         return Subject(mixture, (mixture.dim,), label_dim, torch.device("cpu"), ckpt, mixture=mixture)
     denoiser = load(ckpt, device) if ema_std is None else load_reconstructed(ckpt, ema_std, at_kimg, device)
-    dataset = training_dataset(denoiser.training_config)
+    dataset = training_dataset(denoiser.training_config, network_file(ckpt) if ema_std is None else ckpt)
     kind = type(dataset).__name__ if dataset is not None else "network"
     return Subject(denoiser, tuple(denoiser.model_spec["shape"]), int(getattr(denoiser, "label_dim", 0)), device,
                    kind, dataset, getattr(dataset, "mixture", None))

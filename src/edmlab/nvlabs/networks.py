@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..export import resolve
+from ..export import file_target
 from .unpickler import Persistent, TorchModule, UnsafePickleError, read_pickle
 
 # NVlabs precond class → (edmlab class, the attributes of the NVlabs object that are its constructor keywords)
@@ -81,7 +81,7 @@ def _describe(obj) -> str:
 
 def _check_keywords(path: Path, target: str, kwargs: dict):
     name = target.rpartition(".")[2]
-    params = inspect.signature(resolve(target)).parameters
+    params = inspect.signature(file_target(target, "network", path)).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     unknown = sorted(set(kwargs) - set(params))
@@ -101,7 +101,7 @@ def _edm_spec(path: Path, ema: Persistent) -> dict:
     if not kwargs:
         raise ValueError(f"{path}: {model.class_name} carries no _init_kwargs, so its architecture is unknown")
     channels = int(ema.state["img_channels"])
-    factor = resolve(precond_target).out_channels_factor  # iDDPM: 2 (learned variance)
+    factor = file_target(precond_target, "preconditioning", path).out_channels_factor  # iDDPM: 2 (learned variance)
     kwargs.setdefault("in_channels", channels)
     kwargs.setdefault("out_channels", factor * channels)
     kwargs.setdefault("augment_dim", 0)
