@@ -1,6 +1,5 @@
 """Callbacks of a training run: sample grids from the EMA weights, and the end-of-run report (network export,
 samples.png, metrics.json)."""
-import json
 import time
 from pathlib import Path
 
@@ -10,9 +9,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..export import save_network
+from ..files import atomic_write_json
 from ..images import save_grid
 from ..metrics.for_dataset import dataset_metric
 from ..solvers import nfe
+from .guard import TrainingDiverged, weights_finite
 
 
 def check_counts(group: str, **values: tuple[int, int]) -> None:
@@ -74,6 +75,9 @@ class FinalReport(L.Callback):
     def on_train_end(self, trainer, module):
         out = self.output_dir
         config = module.hparams.config
+        if not weights_finite(module.ema):
+            raise TrainingDiverged(f"the EMA weights are not finite at step {trainer.global_step}: no network.pt is "
+                                   f"written from them; lower optim.lr and train again")
         save_network(out / "network.pt", module.ema, dict(module.hparams.model), config)
         train_sec = time.time() - (self._start or time.time())
         scorer = dataset_metric(trainer.datamodule.dataset) if trainer.datamodule is not None else None
@@ -99,7 +103,7 @@ class FinalReport(L.Callback):
         if scorer is not None:
             metrics.update(scorer(samples))
             metrics["floor"] = scorer.floor(len(samples))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(out / "metrics.json", metrics)
         flat = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)

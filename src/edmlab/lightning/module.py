@@ -64,12 +64,14 @@ class EDMModule(L.LightningModule):
         # the current step (column 10), kept on the training device: one host sync and all-reduce per log. A plain
         # tensor, not a buffer: DDP would overwrite every rank's buffers with rank 0's at each forward.
         self._sums = torch.zeros(2, len(SIGMA_BINS) + 2)
+        self._first_nonfinite = torch.tensor([-1.0, 0.0])  # (step, loss) of the first non-finite step loss
         self.register_buffer("_bin_edges", SIGMA_BINS.clone(), persistent=False)
 
     def on_train_start(self):
         """Each process gets its own bins: ddp_spawn sends the module to its processes through torch.multiprocessing,
         which puts CPU tensors in shared memory, and the ranks would then add into (and zero) one tensor at once."""
         self._sums = torch.zeros_like(self._sums, device=self.device)
+        self._first_nonfinite = torch.tensor([-1.0, 0.0], device=self.device)
 
     def setup(self, stage: str):
         if stage == "fit" and self.hparams.compile and not getattr(self, "_compiled", False):
@@ -144,7 +146,24 @@ class EDMModule(L.LightningModule):
             if hasattr(self.loss_fn.weighting, "u"):
                 self.log_dict(self._learned_u(edges, counts), on_step=True, on_epoch=False)
             self._sums.zero_()
+        self._track_nonfinite(step)
         self._sums[:, -1] = 0
+
+    def _track_nonfinite(self, step: int):
+        """Remember, on the device (no host sync), the first step whose loss was not finite."""
+        loss = self._sums[0, -1]
+        first = (~torch.isfinite(loss)) & (self._first_nonfinite[0] < 0)
+        record = torch.stack([torch.full_like(loss, step), loss])
+        self._first_nonfinite = torch.where(first, record, self._first_nonfinite)
+
+    def first_nonfinite_step(self) -> tuple[int, float] | None:
+        """(step, loss) of the first optimizer step whose mean loss was not finite, the current one included (the
+        run guard asks before this module's ``on_train_batch_end``), else None. One host sync."""
+        step, loss = self._first_nonfinite.tolist()
+        if step >= 0:
+            return int(step), loss
+        loss = float(self._sums[0, -1])
+        return (self.trainer.global_step, loss) if not math.isfinite(loss) else None
 
     @torch.no_grad()
     def _learned_u(self, edges, counts) -> dict:
@@ -194,26 +213,41 @@ class EDMModule(L.LightningModule):
             self._snapshot(self.cur_nimg)
 
     def _run(self) -> dict:
-        """What a resumed run must share with the checkpoint (the schedules, data order and draws follow from it)."""
-        data = (self.hparams.config or {}).get("data") or {}
-        return {"batch_size": self.batch_size, "seed": self.seed, "data.seed": data.get("seed")}
+        """What a resumed run must share with the checkpoint: the schedules, data order and draws follow from the
+        batch and the seeds; the saved averages mean what they mean only under the same EMA kind and stds."""
+        config = self.hparams.config or {}
+        ema = self.hparams.ema or {}
+        return {"batch_size": self.batch_size, "seed": self.seed, "data.seed": (config.get("data") or {}).get("seed"),
+                "ema.kind": ema.get("kind", "traditional"),
+                "ema.stds": [float(s) for s in ema["stds"]] if ema.get("stds") is not None else None}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["edmlab"] = {"model": self.hparams.model, "config": self.hparams.config,
                                 "run": {**self._run(), "cur_nimg": self.cur_nimg}}
 
-    def on_load_checkpoint(self, checkpoint):
-        run = checkpoint.get("edmlab", {}).get("run", {})
+    def check_resume(self, checkpoint: dict, path="the checkpoint") -> None:
+        """Refuse a checkpoint whose saved state this run would misread, naming both values: another model, batch
+        size, seed, data seed, EMA kind or EMA stds, or other saved tensors (a learned λ(σ), another EMA count)."""
+        edmlab = checkpoint.get("edmlab") or {}
+        run = edmlab.get("run") or {}
         for key, now in self._run().items():
             if key in run and run[key] != now:
-                raise ValueError(f"the checkpoint was trained with {key}={run[key]} (at cur_nimg={run['cur_nimg']}), "
+                raise ValueError(f"{path} was trained with {key}={run[key]} (at cur_nimg={run.get('cur_nimg')}), "
                                  f"this run has {key}={now}: resume with {key}={run[key]}, or start a new run")
-        saved = checkpoint.get("edmlab", {}).get("model")
+        saved = edmlab.get("model")
         if saved is not None and saved != self.hparams.model:
             diff = {k: (saved.get(k), self.hparams.model.get(k)) for k in set(saved) | set(self.hparams.model)
                     if saved.get(k) != self.hparams.model.get(k)}
-            raise ValueError(f"the checkpoint was trained with another model: {diff} (checkpoint, now). Resume with "
+            raise ValueError(f"{path} was trained with another model: {diff} (checkpoint, now). Resume with "
                              f"the same network/preconditioning/data options, or start a new run")
+        ours, theirs = set(self.state_dict()), set(checkpoint.get("state_dict") or {})
+        if theirs and ours != theirs:
+            raise ValueError(f"{path} holds other tensors than this run (only in the checkpoint: "
+                             f"{sorted(theirs - ours)[:4]}, only here: {sorted(ours - theirs)[:4]}): resume with the "
+                             f"loss_weighting and ema options it was trained with, or start a new run")
+
+    def on_load_checkpoint(self, checkpoint):
+        self.check_resume(checkpoint)
         if isinstance(self.ema_tracker, PowerEMA) and self.trainer.is_global_zero:
             carry_snapshots(checkpoint.get("hyper_parameters", {}).get("ema", {}).get("snapshot_dir") or "",
                             self.ema_tracker.snapshot_dir, checkpoint["global_step"] * self.batch_size)

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 
 import hydra
@@ -10,9 +11,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data import AUGMENT_DIM
+from ..files import atomic_write_text
+from .checkpoint_io import SafeCheckpointIO, read_checkpoint
+from .guard import RunGuard, guarded_first
+from .run_dir import check_run_dir_free, checkpoint_file, claim, release, stored_run_id
 
 
 class ConfigError(ValueError):
@@ -24,18 +29,67 @@ def _need(ok: bool, message: str):
         raise ConfigError(message)
 
 
+def _number(key: str, value, *, integer=False, low=None, high=None, low_open=False, allow_none=False):
+    """``value`` of config ``key`` is a number (an integer if ``integer``) in the given range, else a ConfigError."""
+    if value is None and allow_none:
+        return
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and (integer or math.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low}"
+        bound += "" if high is None else f"{' and' if bound else ''} < {high}"
+        raise ConfigError(f"{key}={value!r} must be {kind}{bound}{' or null' if allow_none else ''}")
+
+
+def _typed_like_defaults(group: str, node) -> None:
+    """Each key of a ``_target_`` node whose default (in the target's signature) is a number must be a number:
+    ``noise_distribution.P_mean=abc`` is refused here, naming the key, not as a TypeError deep in the first step."""
+    import inspect
+
+    if not OmegaConf.is_config(node) or "_target_" not in node:
+        return
+    try:
+        params = inspect.signature(hydra.utils.get_class(node._target_)).parameters
+    except Exception:  # noqa: BLE001 - an unknown target is reported by instantiate with its own message
+        return
+    for key, value in node.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+            _number(f"{group}.{key}", value)
+
+
 def check_train_config(cfg: DictConfig) -> None:
-    _need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
-          f"batch_size={cfg.batch_size!r} must be a positive integer (images per optimizer step)")
-    _need(cfg.batch_gpu is None or (isinstance(cfg.batch_gpu, int) and cfg.batch_gpu >= 1),
-          f"batch_gpu={cfg.batch_gpu!r} must be null or a positive integer")
-    _need(cfg.duration_kimg > 0, f"duration_kimg={cfg.duration_kimg} must be > 0")
-    _need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
-    _need(cfg.optim.lr_rampup_kimg >= 0, f"optim.lr_rampup_kimg={cfg.optim.lr_rampup_kimg} must be >= 0")
-    _need(cfg.ema.get("halflife_kimg", 0) >= 0, f"ema.halflife_kimg={cfg.ema.get('halflife_kimg')} must be >= 0")
-    _need(cfg.sigma_data > 0, f"sigma_data={cfg.sigma_data} must be > 0")
+    """Every value the run will use, types included, before anything is built or written."""
+    _number("batch_size", cfg.batch_size, integer=True, low=1)
+    _number("batch_gpu", cfg.batch_gpu, integer=True, low=1, allow_none=True)
+    _number("seed", cfg.seed, integer=True, low=0)
+    _number("duration_kimg", cfg.duration_kimg, low=0, low_open=True)
+    _number("sigma_data", cfg.sigma_data, low=0, low_open=True)
+    _number("optim.lr", cfg.optim.lr, low=0, low_open=True)
+    _number("optim.lr_rampup_kimg", cfg.optim.get("lr_rampup_kimg", 0), low=0)
+    _number("optim.eps", cfg.optim.get("eps", 1e-8), low=0, low_open=True)
+    betas = cfg.optim.get("betas", [0.9, 0.999])
+    _need(OmegaConf.is_list(betas) and len(betas) == 2, f"optim.betas={betas!r} must be a list [beta1, beta2]")
+    for i, beta in enumerate(betas):
+        _number(f"optim.betas[{i}]", beta, low=0, high=1)
+    ema = cfg.ema
+    _number("ema.halflife_kimg", ema.get("halflife_kimg", 0), low=0)
+    _number("ema.rampup_ratio", ema.get("rampup_ratio"), low=0, allow_none=True)
+    if ema.get("stds") is not None:
+        for i, std in enumerate(ema.stds):
+            _number(f"ema.stds[{i}]", std, low=0, low_open=True)
+    if ema.get("snapshot_kimg") is not None:
+        _number("ema.snapshot_kimg", ema.snapshot_kimg, low=0, low_open=True)
+    _number("trainer.max_steps", cfg.trainer.get("max_steps"), integer=True, low=-1, allow_none=True)
     for key in ("compile", "channels_last"):
         _need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r} must be true or false")
+    for group in ("network", "preconditioning", "noise_distribution", "loss_weighting", "augment", "data"):
+        _typed_like_defaults(group, cfg.get(group))
 
 
 class _ZeroDenoiser:
@@ -91,6 +145,18 @@ def check_run_dir() -> None:
           f"run id, see docs/scaling.md) or pin hydra.{key}.dir=<dir>")
 
 
+def use_run_id(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The W&B run id of this run: the one its dir's ``run.json`` keeps (a resume continues the same W&B run),
+    else a new one; set as ``logger.wandb.id`` unless the user gave one. None without a W&B logger."""
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if wandb is None:
+        return None
+    if not wandb.get("id"):
+        with open_dict(cfg):
+            cfg.logger.wandb.id = stored_run_id(output_dir) or secrets.token_hex(6)
+    return str(cfg.logger.wandb.id)
+
+
 def batch_split(batch_size: int, batch_gpu: int | None, world: int) -> tuple[int, int]:
     """(per-device micro-batch, accumulation rounds) with batch = world × rounds × micro (EDM batch / batch_gpu)."""
     _need(batch_size % world == 0, f"batch_size={batch_size} is not divisible by the {world} devices")
@@ -143,12 +209,18 @@ def build(cfg: DictConfig):
     from .module import EDMModule
 
     check_train_config(cfg)
+    ckpt = checkpoint_file(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if ckpt is not None:
+        with open_dict(cfg):
+            cfg.ckpt_path = str(ckpt)  # a run dir names its checkpoints/last.ckpt
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     max_steps = cfg.trainer.max_steps
     if max_steps is None or max_steps < 0:
         max_steps = math.ceil(cfg.duration_kimg * 1000 / cfg.batch_size)
     callbacks, loggers = instantiate_all(cfg, "callbacks"), instantiate_all(cfg, "logger")
-    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False)
+    callbacks = guarded_first([RunGuard(Path(cfg.paths.output_dir) / "checkpoints"), *callbacks])
+    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[SafeCheckpointIO()])
     micro, rounds = batch_split(cfg.batch_size, cfg.batch_gpu, world_size(trainer))
     trainer.accumulate_grad_batches = rounds
     datamodule = instantiate(cfg.data, batch_size=micro)
@@ -168,18 +240,36 @@ def build(cfg: DictConfig):
 
         init_from(cfg.init_from, spec, module.net, module.ema)
     check_sampler(module.net, container["sampler"])
+    if ckpt is not None:
+        check_resume(ckpt, module, max_steps)
     return trainer, module, datamodule
+
+
+def check_resume(ckpt: Path, module, max_steps: int) -> None:
+    """The checkpoint ``ckpt_path`` names fits this run (``EDMModule.check_resume``) and leaves steps to train."""
+    checkpoint = read_checkpoint(ckpt)
+    module.check_resume(checkpoint, f"ckpt_path={ckpt}")
+    done = int(checkpoint["global_step"])
+    _need(done < max_steps, f"ckpt_path={ckpt} is at step {done} and this run ends at step {max_steps} "
+                            f"(duration_kimg / trainer.max_steps): the run is already complete; raise duration_kimg "
+                            f"to train it further")
 
 
 def train(cfg: DictConfig) -> dict:
     """Train, and return the final metrics (also in <run dir>/metrics.json; rank 0 only, {} on the other ranks)."""
     check_run_dir()
-    trainer, module, datamodule = build(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt = checkpoint_file(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    check_run_dir_free(output_dir, ckpt)
+    run_id = use_run_id(cfg, output_dir)
+    trainer, module, datamodule = build(cfg)
     zero = is_global_zero(trainer)
     if zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        claim(output_dir, run_id)
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    finally:
+        release(output_dir)
     metrics_file = output_dir / "metrics.json"
     return json.loads(metrics_file.read_text()) if zero and metrics_file.is_file() else {}
