@@ -308,6 +308,6 @@ def test_check_resume_reads_without_running_code(tmp_path):
 
     bad = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "global_step": 1, "x": Payload()}, bad)
-    with pytest.raises(ValueError, match=rf"cannot read {bad} as a training checkpoint .*nothing in it was run"):
+    with pytest.raises(ValueError, match=rf"cannot read {bad}: it is not a plain-tensor edmlab file .*nothing in it was run"):
         check_resume(bad, None, 10)
     assert not marker.exists()

@@ -147,7 +147,7 @@ def _refusal(path: Path, error: Exception) -> str:
     return found.group(1).strip() if found else "weights_only refused it"
 
 
-def read_plain(path: str | Path, expected: str = READS):
+def read_plain(path: str | Path, expected: str = READS, map_location="cpu"):
     """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, so unpickling
     imports and calls nothing that the file names. Every file edmlab writes (network.pt, checkpoints/last.ckpt,
     phema snapshots) is of that kind. A file that needs more, or that torch cannot read, is a one-line
@@ -156,7 +156,7 @@ def read_plain(path: str | Path, expected: str = READS):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Detected pickle protocol")  # a bare pickle, refused below
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a file that is not one of ours
         if "Weights only load failed" in str(e):
             reason = f"it is not a plain-tensor edmlab file ({_refusal(path, e)}); nothing in it was run"

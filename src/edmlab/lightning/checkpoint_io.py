@@ -8,30 +8,20 @@ file that would need pickled code to load is refused with one line naming it.
 """
 from pathlib import Path
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..export import read_plain
 from ..files import atomic_torch_save
 
-
-def load_plain(path: str | Path, map_location="cpu"):
-    """``torch.load`` with ``weights_only=True`` (tensors, numbers, strings, containers only), else one line."""
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a file that is not a plain checkpoint
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read {path} as a training checkpoint ({reason[:200]}); nothing in it was run. "
-                         f"Pass a checkpoints/last.ckpt written by src/train.py") from None
-    return blob
+CHECKPOINT = "a checkpoints/last.ckpt written by src/train.py"
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """A training checkpoint of src/train.py, read by :func:`load_plain`."""
-    blob = load_plain(path, map_location)
+    """A training checkpoint of src/train.py, read with ``weights_only=True`` (``edmlab.export.read_plain``)."""
+    blob = read_plain(path, CHECKPOINT, map_location)
     if not isinstance(blob, dict) or "state_dict" not in blob or "global_step" not in blob:
         found = sorted(map(str, blob))[:6] if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"{path} is not a training checkpoint (found {found}); pass a checkpoints/last.ckpt "
-                         f"written by src/train.py")
+        raise ValueError(f"{path} is not a training checkpoint (found {found}); pass {CHECKPOINT}")
     return blob
 
 
@@ -44,4 +34,4 @@ class SafeCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
-        return load_plain(path, map_location=map_location)  # also ddp_spawn's weights hand-over file
+        return read_plain(path, CHECKPOINT, map_location)  # also ddp_spawn's weights hand-over file
