@@ -218,6 +218,10 @@ def test_convert_writes_an_edmlab_network_file(tmp_path, marker, capsys):
     assert converted.model_spec["source"]["file"] == str(pkl)
     assert main([str(tmp_path / "missing.pkl"), str(tmp_path / "x.pt")]) == 1
     assert capsys.readouterr().err.startswith(f"error: no network file at {tmp_path / 'missing.pkl'}; ")
+    assert main([str(tmp_path / "out" / "network.pt"), str(tmp_path / "y.pt")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'out' / 'network.pt'} is not an NVlabs network "
+                                              f"pickle (*.pkl); an edmlab network.pt or checkpoint needs no conversion")
+    assert not (tmp_path / "y.pt").exists()
 
 
 # --- refusals --------------------------------------------------------------------------------------------------

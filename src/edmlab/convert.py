@@ -14,6 +14,11 @@ def main(argv=None) -> int:
     parser.add_argument("pkl", help="NVlabs network-snapshot pickle (edm-*.pkl, edm2-*.pkl, network-snapshot-*.pkl)")
     parser.add_argument("out", help="edmlab network file to write (network.pt)")
     args = parser.parse_args(argv)
+    if not str(args.pkl).endswith(".pkl"):
+        print(f"error: {args.pkl} is not an NVlabs network pickle (*.pkl); an edmlab network.pt or checkpoint needs "
+              f"no conversion: edmlab.load, src/eval.py ckpt= and src/train.py init_from= read it as it is",
+              file=sys.stderr)
+        return 1
     try:
         denoiser = load(args.pkl)
     except (ValueError, FileNotFoundError) as e:
