@@ -178,10 +178,15 @@ def test_a_user_config_spec_still_resolves_any_dotted_path():
 # --- python -m edmlab.convert, python -m edmlab.phema ----------------------------------------------------------
 
 def test_convert_refuses_both_payloads(run, tmp_path, marker):
-    path = pickled(run / "network.pt", tmp_path / "x.pt", marker)
-    one_error_line(python_m("edmlab.convert", path, tmp_path / "out.pt", cwd=tmp_path), refused_pickle(path), 1)
-    path = targeted(run / "network.pt", tmp_path / "y.pt", marker)
-    one_error_line(python_m("edmlab.convert", path, tmp_path / "out.pt", cwd=tmp_path), refused_target(path), 1)
+    """convert reads only NVlabs pickles (through the restricted unpickler); a payload under any other name is
+    refused before it is opened."""
+    for payload, name in ((pickled, "x.pt"), (targeted, "y.pt")):
+        path = payload(run / "network.pt", tmp_path / name, marker)
+        one_error_line(python_m("edmlab.convert", path, tmp_path / "out.pt", cwd=tmp_path),
+                       re.escape(f"{path} is not an NVlabs network pickle (*.pkl)"), 1)
+    path = pickled(run / "network.pt", tmp_path / "z.pkl", marker)
+    result = python_m("edmlab.convert", path, tmp_path / "out.pt", cwd=tmp_path)
+    assert result.returncode == 1 and str(path) in result.stderr and not marker.exists()
     assert not (tmp_path / "out.pt").exists()
 
 
