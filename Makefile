@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# The digits recipe (conf/experiment/digits.yaml) unless ARGS picks another experiment.
 train: $(STAMP)
-	$(PY) src/train.py $(ARGS)
+	$(PY) src/train.py $(if $(findstring experiment=,$(ARGS)),,experiment=digits) $(ARGS)
 
 eval: $(STAMP)
 	$(PY) src/eval.py $(ARGS)
