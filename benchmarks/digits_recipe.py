@@ -23,20 +23,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Each recipe: overrides of src/train.py (the default config is the digits experiment of conf/train.yaml).
+# Each recipe: overrides of src/train.py. The EMA length of an ema=power run is then free (EDM2's post-hoc EMA):
+#   python src/eval.py -m ckpt=<run dir> num_samples=297 ema.std=0.05,0.1,0.15,0.2,0.25 [ema.at_kimg=500]
 RECIPES = {
-    "old_default_500k": ["duration_kimg=500"],
-    "default_250k": ["duration_kimg=250"],
-    "churn_250k": ["duration_kimg=250", "sampler.S_churn=40", "sampler.S_min=0.05", "sampler.S_max=50",
-                   "sampler.S_noise=1.003"],
-    "learned_250k": ["duration_kimg=250", "loss_weighting=learned"],
-    "lr4e-3_250k": ["duration_kimg=250", "optim.lr=4e-3"],
-    "ema10_250k": ["duration_kimg=250", "ema.halflife_kimg=10"],
-    "ema40_250k": ["duration_kimg=250", "ema.halflife_kimg=40"],
-    "batch256_250k": ["duration_kimg=250", "batch_size=256", "optim.lr=3e-3"],
-    "wide48_200k": ["duration_kimg=200", "network.model_channels=48"],
-    "pmean-0.8_250k": ["duration_kimg=250", "noise_distribution.P_mean=-0.8", "noise_distribution.P_std=1.4"],
-    "dropout0_250k": ["duration_kimg=250", "network.dropout=0"],
+    "old_default": [],                                                   # conf/train.yaml: EDM, half-life EMA 20 kimg
+    "power_ema": ["ema=power"],                                          # + EDM2's power EMA (post-hoc lengths)
+    "learned": ["ema=power", "loss_weighting=learned"],                  # + EDM2's learned λ(σ)/e^u + u
+    "learned_decay": ["ema=power", "loss_weighting=learned", "lr_schedule=edm2", "optim.lr=4e-3",
+                      "lr_schedule.ref_kimg=100"],                       # + lr 4e-3/√(t/100 kimg)
+    "new_default": ["experiment=digits"],                                # learned_decay, EMA σ_rel 0.25 tracked
+    "new_default_650k": ["experiment=digits", "duration_kimg=650"],
 }
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
          "callbacks.sample_grid.every_n_steps=0"]
@@ -169,7 +165,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
     p = sub.add_parser("profile", help="torch.profiler table of training steps")
-    p.add_argument("--recipe", default="default_250k", choices=sorted(RECIPES))
+    p.add_argument("--recipe", default="old_default", choices=sorted(RECIPES))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rows", type=int, default=15)
     s = sub.add_parser("speed", help="img/s of the speed options")
