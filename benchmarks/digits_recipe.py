@@ -33,6 +33,8 @@ RECIPES = {
                       "lr_schedule.ref_kimg=100"],                       # + lr 4e-3/√(t/100 kimg)
     "new_default": ["experiment=digits"],                                # learned_decay, EMA σ_rel 0.25 tracked
     "new_default_650k": ["experiment=digits", "duration_kimg=650"],
+    "new_default_ptrain_edm2": ["experiment=digits", "noise_distribution.P_mean=-0.8", "noise_distribution.P_std=1.6"],
+    "new_default_wide48_300k": ["experiment=digits", "network.model_channels=48", "duration_kimg=300"],
 }
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
          "callbacks.sample_grid.every_n_steps=0"]
