@@ -130,6 +130,13 @@ def is_global_zero(trainer: L.Trainer) -> bool:
     return trainer.global_rank == 0 and rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+def launched_first() -> bool:
+    """Whether this is the first process of the run as its launcher numbers them (torchrun's RANK, Lightning's
+    children's LOCAL_RANK/NODE_RANK, SLURM's task id). The others share rank 0's run dir, which by the time they
+    start may already hold rank 0's config.yaml."""
+    return all(int(os.environ.get(k, 0) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def check_run_dir() -> None:
     """Under torchrun every rank composes its own config, so a run dir stamped by each rank's clock would split one
     run over several dirs: refuse it, naming the fix (a dir that all ranks compute alike)."""
@@ -260,7 +267,8 @@ def train(cfg: DictConfig) -> dict:
     check_run_dir()
     output_dir = Path(cfg.paths.output_dir)
     ckpt = checkpoint_file(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    check_run_dir_free(output_dir, ckpt)
+    if launched_first():
+        check_run_dir_free(output_dir, ckpt)
     run_id = use_run_id(cfg, output_dir)
     trainer, module, datamodule = build(cfg)
     zero = is_global_zero(trainer)
