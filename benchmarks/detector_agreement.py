@@ -12,7 +12,7 @@ second half with uniform noise of ±``--noise`` grey levels added (a fixed seed)
 
 Without both weights files it names the missing one and exits with status 2. ``--self-check DIR`` runs the plumbing
 without NVlabs' file: random torch-fidelity weights, and from the same weights a TorchScript detector with NVlabs'
-interface as ``.pt`` and as the persistence ``.pkl`` edmlab reads (``edmlab.metrics.nvlabs_inception``); features,
+interface as ``.pt`` and as the persistence ``.pkl`` edmlab reads (``edmlab.evaluation.metrics.nvlabs_inception``); features,
 μ, Σ and the two FIDs must agree exactly (the Fréchet distance of identical statistics is 0 up to sqrtm's rounding).
 """
 import argparse
@@ -23,10 +23,10 @@ import time
 import numpy as np
 import torch
 
-from edmlab.metrics.frechet import feature_statistics, frechet_distance
-from edmlab.metrics.inception import inception_features, verify_weights
-from edmlab.metrics.nvlabs_inception import inspect_detector_file, nvlabs_features, write_detector_files
-from edmlab.metrics.ref_stats import load_uint8_images
+from edmlab.evaluation.metrics.frechet import feature_statistics, frechet_distance
+from edmlab.evaluation.metrics.inception import inception_features, verify_weights
+from edmlab.evaluation.metrics.nvlabs_inception import inspect_detector_file, nvlabs_features, write_detector_files
+from edmlab.evaluation.metrics.ref_stats import load_uint8_images
 
 
 def parse(argv):
@@ -47,8 +47,8 @@ def parse(argv):
 
 
 def missing_files(args) -> list[str]:
-    from edmlab.metrics.inception import weights_file, weights_url
-    from edmlab.metrics.nvlabs_inception import URL_PKL, URL_PT
+    from edmlab.evaluation.metrics.inception import weights_file, weights_url
+    from edmlab.evaluation.metrics.nvlabs_inception import URL_PKL, URL_PT
 
     missing = []
     for option, path, what in [("--torch-fidelity-weights", args.torch_fidelity_weights,
@@ -122,7 +122,7 @@ def compare(args) -> dict:
 
 
 def self_check(args) -> dict:
-    from edmlab.metrics.inception import write_random_inception_weights
+    from edmlab.evaluation.metrics.inception import write_random_inception_weights
 
     os.makedirs(args.self_check, exist_ok=True)
     args.torch_fidelity_weights = os.path.join(args.self_check, "random-inception.pth")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from edmlab.data.digits import digits_arrays
-from edmlab.metrics.digits import DigitsMetric
+from edmlab.evaluation.metrics.digits import DigitsMetric
 
 
 def main():

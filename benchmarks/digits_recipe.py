@@ -83,7 +83,7 @@ def _module(overrides, output_dir):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from edmlab.lightning.run import build
+    from edmlab.training.run import build
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -1,4 +1,4 @@
-"""edmlab's DINOv2 ViT-L/14 (``edmlab.metrics.dinov2``) side by side with facebookresearch/dinov2's own code.
+"""edmlab's DINOv2 ViT-L/14 (``edmlab.evaluation.metrics.dinov2``) side by side with facebookresearch/dinov2's own code.
 
     git --git-dir=<mirror of facebookresearch/dinov2> archive HEAD dinov2 | tar -x -C /tmp/dinov2
     git --git-dir=<mirror of NVlabs/edm2> archive HEAD | tar -x -C /tmp/edm2            # optional: --edm2
@@ -71,7 +71,7 @@ def main() -> None:
     sys.path.insert(0, args.dinov2)
     from dinov2.hub.backbones import dinov2_vitl14
 
-    import edmlab.metrics.dinov2 as ours
+    import edmlab.evaluation.metrics.dinov2 as ours
 
     theirs = dinov2_vitl14(pretrained=False).eval()
     randomize(theirs, args.seed)

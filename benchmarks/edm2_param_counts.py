@@ -17,8 +17,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from edmlab.export import build_denoiser
-from edmlab.nets import EDM2Precond, EDM2UNet
+from edmlab.io.network_file import build_denoiser
+from edmlab.design.preconditioning import EDM2Precond
+from edmlab.nets import EDM2UNet
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NVLABS_IMG64 = {"s": 280_209_381, "m": 497_803_173, "l": 777_492_325, "xl": 1_119_276_837}

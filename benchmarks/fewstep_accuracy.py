@@ -3,7 +3,7 @@ bench ``mixture16``, and digits FD vs NFE on a trained digits run. Prints markdo
 
 Bench: ``--latents`` latents (seed 0) scored against the exact ODE endpoint (DOP853, ``GaussianMixture.ode_solution``)
 by the MEDIAN ‖x − x*‖ and the mode-flip rate (the sample's most likely component differs from the exact
-endpoint's); the searched grids (``edmlab.search_steps``) are tuned on ``--tune`` OTHER latents (seed 1) against a
+endpoint's); the searched grids (``edmlab.sampling.search_steps``) are tuned on ``--tune`` OTHER latents (seed 1) against a
 Heun teacher. The adaptive solver's NFE follows from its tolerance (counted).
 
     python benchmarks/fewstep_accuracy.py [--latents 512] [--tune 256] [--nfe 4 5 6 8 10 15 20 35] [--iters 150]
@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 import edmlab
-from edmlab import search_steps
+from edmlab.cli.search_steps import load_model
+from edmlab.sampling import search_steps
 from edmlab.data.points import make_mixture
 
 GRIDS = ("edm", "logsnr", "time_uniform")
@@ -89,9 +90,9 @@ def bench_rows(args) -> list[dict]:
 
 
 def digits_rows(args) -> list[dict]:
-    from edmlab.metrics.digits import DigitsMetric
+    from edmlab.evaluation.metrics.digits import DigitsMetric
 
-    denoiser, shape, label_dim = search_steps.load_model(str(args.digits_run))
+    denoiser, shape, label_dim = load_model(str(args.digits_run))
     metric = DigitsMetric()
     latents, labels = search_steps.draw_latents(shape, args.digits_samples, seed=0, label_dim=label_dim)
     lo, hi = max(SIGMA_MIN, denoiser.sigma_min), min(SIGMA_MAX, denoiser.sigma_max)

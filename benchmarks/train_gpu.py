@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from edmlab.lightning.run import build
+from edmlab.training.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = {"fp32": ["trainer.precision=32-true"],

@@ -20,9 +20,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from edmlab.export import build_denoiser
-from edmlab.lightning.ema import ema_beta, ema_update
-from edmlab.lightning.run import build
+from edmlab.io.network_file import build_denoiser
+from edmlab.training.ema import ema_beta, ema_update
+from edmlab.training.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -1,16 +1,16 @@
 """Sample and score: ``python src/eval.py ckpt=PATH|bench:<preset> [solver=... sampler.num_steps=... ...]``
-(see conf/eval.yaml); ``-m`` sweeps end with a table and plots in the sweep dir (edmlab.sweep)."""
+(see conf/eval.yaml); ``-m`` sweeps end with a table and plots in the sweep dir (edmlab.evaluation.sweep)."""
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-import edmlab.cli  # noqa: F401  (resolvers used by conf/hydra, W&B offline default)
+import edmlab.infra.jobs  # noqa: F401  (resolvers used by conf/hydra, W&B offline default)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig):
-    from edmlab.cli import friendly_errors
+    from edmlab.infra.jobs import friendly_errors
     from edmlab.evaluation import evaluate
 
     with friendly_errors():

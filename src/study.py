@@ -1,8 +1,8 @@
 """Train a grid, evaluate every run, average over seeds: ``python src/study.py [train overrides] --eval [eval overrides]``
-(see edmlab.study)."""
+(see edmlab.cli.study)."""
 import sys
 
-from edmlab.study import main
+from edmlab.cli.study import main
 
 if __name__ == "__main__":
     sys.exit(main())

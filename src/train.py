@@ -4,13 +4,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import edmlab.cli  # noqa: F401  (resolvers used by conf/hydra, W&B offline default)
+import edmlab.infra.jobs  # noqa: F401  (resolvers used by conf/hydra, W&B offline default)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig):
-    from edmlab.lightning.run import train
-    from edmlab.cli import friendly_errors
+    from edmlab.training.run import train
+    from edmlab.infra.jobs import friendly_errors
 
     with friendly_errors():
         return train(cfg)

@@ -100,7 +100,7 @@ def one_cpu_thread():
     """The test machine's few cores are shared: intra-op threads then only wait on each other (tiny tensors run
     5-25× slower with two threads than with one), in this process and in the scripts it starts (as torchrun gives
     each of its workers one thread)."""
-    from edmlab.threads import num_threads
+    from edmlab.infra.threads import num_threads
 
     with num_threads(1), pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from edmlab.data.augment import AUGMENT_DIM, AugmentParams, AugmentPipe
+from edmlab.design.augment import AUGMENT_DIM, AugmentParams, AugmentPipe
 
 EDM = dict(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
 

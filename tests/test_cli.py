@@ -1,4 +1,4 @@
-"""The shell's contract (edmlab.cli and every ``python -m edmlab.*`` tool): ``--help`` answers with a usage text and
+"""The shell's contract (edmlab.infra.jobs and every ``python -m edmlab.*`` tool): ``--help`` answers with a usage text and
 exit code 0, and a refused run removes the run dir Hydra made for it only when that dir holds nothing else."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from edmlab.cli import failure_message, remove_refused_run_dir
+from edmlab.infra.jobs import failure_message, remove_refused_run_dir
 
 TOOLS = sorted(".".join(path.relative_to(ROOT / "src").with_suffix("").parts)
                for path in (ROOT / "src" / "edmlab").rglob("*.py")
@@ -16,7 +16,9 @@ TOOLS = sorted(".".join(path.relative_to(ROOT / "src").with_suffix("").parts)
 
 
 def test_the_tools_are_found():
-    assert {"edmlab.search_steps", "edmlab.study", "edmlab.metrics.ref_stats", "edmlab.convert"} <= set(TOOLS)
+    assert [t for t in TOOLS if not t.startswith("edmlab.cli.")] == []
+    assert {"edmlab.cli.search_steps", "edmlab.cli.study", "edmlab.cli.ref_stats", "edmlab.cli.convert",
+            "edmlab.cli.phema", "edmlab.cli.flows", "edmlab.cli.loss_curves"} <= set(TOOLS)
 
 
 @pytest.mark.parametrize("module", TOOLS)
@@ -28,7 +30,7 @@ def test_every_tool_answers_help_with_its_usage(module):
 
 
 def test_search_steps_help_lists_its_options_with_their_defaults():
-    from edmlab.search_steps import main, usage
+    from edmlab.cli.search_steps import main, usage
 
     text = usage()
     assert "ckpt=<str>  (required)" in text and "nfe=<int>  (default 10)" in text

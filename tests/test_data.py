@@ -18,7 +18,7 @@ import torch
 from edmlab.data import (CIFAR10Dataset, DigitsDataset, ImageFolderDataset, InfiniteSampler, PointsDataset,
                          digits_arrays)
 from edmlab.data.points import ring
-from edmlab.lightning.datamodule import EDMDataModule
+from edmlab.training.datamodule import EDMDataModule
 
 
 def take(sampler, n):

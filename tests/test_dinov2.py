@@ -12,10 +12,10 @@ import torch
 from conftest import compose
 from torch.nn import functional as F
 
-import edmlab.metrics.dinov2 as dinov2
-from edmlab.metrics.dinov2 import DINOv2ViT, check_state_dict, dinov2_features, dinov2_input, load_dinov2
-from edmlab.metrics.frechet import load_statistics
-from edmlab.nvlabs import UnsafePickleError
+import edmlab.evaluation.metrics.dinov2 as dinov2
+from edmlab.evaluation.metrics.dinov2 import DINOv2ViT, check_state_dict, dinov2_features, dinov2_input, load_dinov2
+from edmlab.evaluation.metrics.frechet import load_statistics
+from edmlab.io.nvlabs import UnsafePickleError
 
 TINY = dict(img_size=42, patch_size=14, embed_dim=8, depth=2, num_heads=2, mlp_ratio=4)  # 3×3 training grid
 
@@ -254,7 +254,7 @@ def tiny_dinov2(monkeypatch, tmp_path):
 @pytest.fixture
 def tiny_network(tmp_path) -> Path:
     """An untrained 8×8 RGB SongUNet network file: images to score, in a second."""
-    from edmlab.export import build_denoiser, save_network
+    from edmlab.io.network_file import build_denoiser, save_network
 
     spec = {"network": {"_target_": "edmlab.nets.SongUNet", "model_channels": 8, "channel_mult": [1],
                         "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0},
@@ -305,7 +305,8 @@ def test_fd_dinov2_through_eval_matches_an_independent_computation(tiny_dinov2, 
 def test_ref_stats_cli_writes_dinov2_statistics(tiny_dinov2, tmp_path, capsys):
     """--detector dinov2: an .npz (mu, sigma), or with a .pkl destination NVlabs/edm2's layout; both hold the
     mean and unbiased covariance of the features of the images (grayscale digits, tiled to RGB)."""
-    from edmlab.metrics.ref_stats import load_uint8_images, main
+    from edmlab.cli.ref_stats import main
+    from edmlab.evaluation.metrics.ref_stats import load_uint8_images
 
     common = ["--data", "digits", "--max-images", "20", "--dinov2-weights", str(tiny_dinov2)]
     npz = main([*common, "--detector", "dinov2", "--dest", str(tmp_path / "digits_dinov2.npz")])
@@ -333,7 +334,7 @@ def test_ref_stats_cli_writes_dinov2_statistics(tiny_dinov2, tmp_path, capsys):
 
 def test_fd_dinov2_settings_are_checked_before_sampling(tiny_dinov2, tiny_network, tmp_path):
     from edmlab.evaluation import evaluate
-    from edmlab.metrics.frechet import save_statistics
+    from edmlab.evaluation.metrics.frechet import save_statistics
 
     save_statistics(tmp_path / "inception.npz", np.zeros(2048), np.eye(2048))
     weights = f"metrics.fd_dinov2.weights_path={tiny_dinov2}"

@@ -13,11 +13,11 @@ import torch
 from conftest import ROOT, TINY, assert_close_by_key, compose, with_overrides
 from hydra.core.hydra_config import HydraConfig
 
-from edmlab.lightning.run import ConfigError, build, check_run_dir, world_size
-from edmlab.loss import DenoisingLoss
-from edmlab.loss_weighting import EDMWeighting
-from edmlab.preconditioning import EDMPrecond
-from edmlab.training_noise import EDMNoise
+from edmlab.training.run import ConfigError, build, check_run_dir, world_size
+from edmlab.design.loss import DenoisingLoss
+from edmlab.design.loss_weighting import EDMWeighting
+from edmlab.design.preconditioning import EDMPrecond
+from edmlab.design.training_noise import EDMNoise
 
 # 4 optimizer steps of global batch 32 with full learning rate from step 1 (no ramp-up) and no randomness beyond
 # the per-step draws (dropout 0, no augmentation), so that every way of splitting the batch must agree.

@@ -9,8 +9,9 @@ from conftest import compose, train_tiny_run
 from omegaconf import OmegaConf
 
 import edmlab
-from edmlab.export import build_denoiser
-from edmlab.nets.edm2 import EDM2Precond, EDM2UNet, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
+from edmlab.io.network_file import build_denoiser
+from edmlab.design.preconditioning import EDM2Precond
+from edmlab.nets.edm2 import EDM2UNet, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -1,4 +1,4 @@
-"""Evaluation (src/eval.py, edmlab.evaluation, edmlab.sweep): sweeps that end in a table and plots, failed jobs kept in
+"""Evaluation (src/eval.py, edmlab.evaluation, edmlab.evaluation.sweep): sweeps that end in a table and plots, failed jobs kept in
 the table, seeds that fix the images whatever the batch, the exact Gaussian-mixture bench measuring the solvers'
 orders of accuracy, digits metrics of a trained network, FID over seed ranges, and bad checkpoints."""
 import csv
@@ -176,7 +176,7 @@ def test_digits_checkpoint_gets_digits_metrics_and_the_real_floor(digits_run, tm
 def test_fid_is_the_minimum_over_seed_ranges(digits_run, tmp_path):
     """With reference statistics computed from seeds 0-7's own images, the first range scores FID 0 and the next
     two ranges more, so EDM's minimum over ranges picks the first."""
-    from edmlab.metrics import feature_statistics, inception_features, save_statistics, write_random_inception_weights
+    from edmlab.evaluation.metrics import feature_statistics, inception_features, save_statistics, write_random_inception_weights
 
     weights = tmp_path / "inception.pth"
     write_random_inception_weights(weights, seed=0)
@@ -228,7 +228,7 @@ def test_a_reference_of_another_feature_size_is_refused_before_sampling(metric, 
     """A 64-d mu/sigma file given as the reference of a 2048-d (Inception) or 1024-d (DINOv2) metric fails at job
     start, naming the key, the file and both sizes; no sample is drawn, no file but the failure record written."""
     import edmlab.evaluation.job as job
-    from edmlab.metrics import save_statistics
+    from edmlab.evaluation.metrics import save_statistics
 
     ref = tmp_path / "ref64.npz"
     save_statistics(ref, np.zeros(64), np.eye(64))
@@ -258,7 +258,7 @@ def test_sample_grid_places_image_k_at_row_k_div_nrow_on_a_white_border(tmp_path
     scaling; everything else white."""
     from PIL import Image
 
-    from edmlab.images import save_grid
+    from edmlab.infra.images import save_grid
 
     values = torch.tensor([10.0 * k + 10 for k in range(5)])
     images = ((values - 128) / 127.5)[:, None, None, None].expand(5, 1, 2, 2)

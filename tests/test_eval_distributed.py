@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, compose, run_script, train_tiny_run
 
-from edmlab.distributed import Ranks
+from edmlab.infra.distributed import Ranks
 from edmlab.evaluation import evaluate
 
 
@@ -82,7 +82,7 @@ def test_two_processes_give_the_one_process_images_labels_and_scores_of_a_traine
     the single process's. FID over 2 seed ranges from all-reduced feature sums: with reference statistics of the
     first range's own images (computed here in one process) the first FID is 0 and the second one is not; the
     Inception Score of the gathered logits is the one computed here."""
-    from edmlab.metrics import (feature_statistics, inception_outputs, inception_score_from_logits, save_statistics,
+    from edmlab.evaluation.metrics import (feature_statistics, inception_outputs, inception_score_from_logits, save_statistics,
                                 write_random_inception_weights)
 
     args = [f"ckpt={digits_cond}", "num_samples=13", "batch=4", "sampler.num_steps=4", "sampler.S_churn=10",
@@ -114,7 +114,7 @@ def test_two_processes_give_the_one_process_images_labels_and_scores_of_a_traine
 
 BROKEN_SCORER = """
 import runpy, sys
-from edmlab.metrics import for_dataset
+from edmlab.evaluation.metrics import for_dataset
 
 calls = []
 
@@ -138,13 +138,13 @@ def broken_scorer_script(tmp_path: Path) -> Path:
 
 
 def test_fd_dinov2_of_two_processes_is_the_one_process_value(tmp_path):
-    """FD-DINOv2's ranks all-reduce the feature sums (edmlab.distributed.mean_covariance), as FID's: two processes,
+    """FD-DINOv2's ranks all-reduce the feature sums (edmlab.infra.distributed.mean_covariance), as FID's: two processes,
     6 + 6 images per seed range, score what one process scores from all 12. A 1-block, 8-wide DINOv2 ViT stands in
-    for ViT-L/14 (src/eval.py run through a wrapper that swaps edmlab.metrics.dinov2.build_network)."""
+    for ViT-L/14 (src/eval.py run through a wrapper that swaps edmlab.evaluation.metrics.dinov2.build_network)."""
     import pickle
 
-    import edmlab.metrics.dinov2 as dinov2
-    from edmlab.export import build_denoiser, save_network
+    import edmlab.evaluation.metrics.dinov2 as dinov2
+    from edmlab.io.network_file import build_denoiser, save_network
 
     spec = {"network": {"_target_": "edmlab.nets.SongUNet", "model_channels": 8, "channel_mult": [1],
                         "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0},
@@ -160,7 +160,7 @@ def test_fd_dinov2_of_two_processes_is_the_one_process_value(tmp_path):
     with open(tmp_path / "img8.pkl", "wb") as f:  # NVlabs/edm2 dataset-refs layout
         pickle.dump({"fd_dinov2": {"mu": rng.normal(size=8), "sigma": a @ a.T / 8 + np.eye(8)}}, f)
     script = tmp_path / "eval_tiny_dinov2.py"
-    script.write_text(f"import runpy\nimport edmlab.metrics.dinov2 as d\n"
+    script.write_text(f"import runpy\nimport edmlab.evaluation.metrics.dinov2 as d\n"
                       f"d.build_network = lambda: d.DINOv2ViT(**{arch!r})\n"
                       f"runpy.run_path({str(ROOT / 'src' / 'eval.py')!r}, run_name='__main__')\n")
     args = [f"ckpt={ckpt}", "num_samples=12", "sampler.num_steps=2", "batch=12", "device=cpu", "metrics.dataset=false",

@@ -13,16 +13,16 @@ import PIL.Image
 import pytest
 import torch
 
-from edmlab.metrics import frechet, inception
-from edmlab.nvlabs import UnsafePickleError
-from edmlab.metrics.frechet import (
+from edmlab.evaluation.metrics import frechet, inception
+from edmlab.io.nvlabs import UnsafePickleError
+from edmlab.evaluation.metrics.frechet import (
     feature_statistics,
     frechet_distance,
     frechet_distance_to_features,
     load_statistics,
     save_statistics,
 )
-from edmlab.metrics.inception import (
+from edmlab.evaluation.metrics.inception import (
     InceptionWeightsError,
     fid_from_features,
     inception_features,
@@ -392,21 +392,21 @@ def test_wrong_weights_file_and_wrong_inputs(tmp_path, weights):
     torch.save({"fc.weight": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="bad.pth"):
         inception_features(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), weights_path=bad)
-    with pytest.raises(TypeError, match=r"got torch.float32; convert images in \[-1, 1\] with edmlab.images.to_uint8"):
+    with pytest.raises(TypeError, match=r"got torch.float32; convert images in \[-1, 1\] with edmlab.infra.images.to_uint8"):
         inception_features(torch.zeros(2, 3, 8, 8), weights_path=weights)
     with pytest.raises(ValueError, match=r"Inception input must be \[N, 1 or 3, H, W\], got shape \(2, 2, 8, 8\)"):
         inception_features(torch.zeros(2, 2, 8, 8, dtype=torch.uint8), weights_path=weights)
 
 
 def test_to_uint8_inverts_the_data_scaling():
-    from edmlab.images import to_uint8
+    from edmlab.infra.images import to_uint8
 
     u = torch.arange(256, dtype=torch.uint8)
     torch.testing.assert_close(to_uint8(u.float() / 127.5 - 1), u)
 
 
 def test_ref_stats_cli_on_an_image_folder(tmp_path, weights, images, features):
-    from edmlab.metrics import ref_stats
+    from edmlab.cli import ref_stats
 
     smooth = images[1][:4]
     folder = tmp_path / "ds" / "00000"
@@ -427,8 +427,8 @@ def test_ref_stats_cli_on_an_image_folder(tmp_path, weights, images, features):
 def test_ref_stats_cli_writes_both_metrics_into_one_edm2_pickle(tmp_path, monkeypatch, weights, images, features):
     """--detector inception,dinov2 --dest refs.pkl: NVlabs/edm2's layout, 'fid' from Inception and 'fd_dinov2'
     from DINOv2 (a 1-block, 8-wide ViT with random weights standing in for ViT-L/14)."""
-    import edmlab.metrics.dinov2 as dinov2
-    from edmlab.metrics import ref_stats
+    import edmlab.evaluation.metrics.dinov2 as dinov2
+    from edmlab.cli import ref_stats
 
     arch = dict(img_size=28, patch_size=14, embed_dim=8, depth=1, num_heads=2, mlp_ratio=4)
     monkeypatch.setattr(dinov2, "build_network", lambda: dinov2.DINOv2ViT(**arch))

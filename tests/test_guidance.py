@@ -4,7 +4,7 @@ import torch
 
 import edmlab
 from edmlab import GaussianMixture
-from edmlab.guidance import GuidedDenoiser
+from edmlab.design.guidance import GuidedDenoiser
 
 NET = GaussianMixture(means=[[1.0, 0.0], [-1.0, 0.5]], stds=0.3)
 GUIDE = GaussianMixture(means=[[0.8, 0.1], [-0.7, 0.4]], stds=0.6)  # a "bad version": blurrier, shifted modes

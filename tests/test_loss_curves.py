@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from edmlab.viz.loss_curves import bin_centers, main, phase_means, plot_run, plot_runs, read_log
+from edmlab.cli.loss_curves import main
+from edmlab.viz.loss_curves import bin_centers, phase_means, plot_run, plot_runs, read_log
 
 HEADER = ["epoch", "loss_per_sigma/0-1", "loss_per_sigma/1-4", "loss_per_sigma/16-inf", "loss_per_sigma/4-16", "step",
           "train/loss", "final/digits_fd"]

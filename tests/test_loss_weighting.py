@@ -6,8 +6,8 @@ import torch
 from conftest import compose
 
 from edmlab import DenoisingLoss, EDMWeighting, GaussianMixture
-from edmlab.loss_weighting import LearnedWeighting
-from edmlab.training_noise import EDMNoise
+from edmlab.design.loss_weighting import LearnedWeighting
+from edmlab.design.training_noise import EDMNoise
 
 S, SIGMA_D = 0.3, 0.5
 SIGMAS = [0.05, 0.2, 1.0, 5.0, 20.0]
@@ -100,7 +100,7 @@ def test_a_denoiser_without_c_noise_is_refused():
 def test_learned_weighting_trains_with_the_network(tmp_path, one_cpu_thread):
     """loss_weighting=learned with every preconditioning: u's parameters are in the optimizer, they move, and the
     checkpoint holds them."""
-    from edmlab.lightning.run import build
+    from edmlab.training.run import build
 
     for precond in ("edm", "vp"):
         cfg = compose("train", ["loss_weighting=learned", f"preconditioning={precond}", "network.model_channels=8",
@@ -130,7 +130,8 @@ def test_learned_weighting_trains_with_the_network(tmp_path, one_cpu_thread):
 def test_edm2_preconditioning_trains_its_own_u_head():
     """With preconditioning=edm2 the u(σ) of the loss is the network's logvar head (saved with the network, as
     NVlabs/edm2), and the gradient reaches it."""
-    from edmlab.nets import EDM2Precond, EDM2UNet
+    from edmlab.design.preconditioning import EDM2Precond
+    from edmlab.nets import EDM2UNet
 
     torch.manual_seed(0)
     net = EDM2Precond(EDM2UNet(8, 1, 1, model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[]))

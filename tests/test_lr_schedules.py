@@ -4,7 +4,7 @@ import math
 import pytest
 from conftest import compose
 
-from edmlab.lr_schedules import learning_rate
+from edmlab.design.lr_schedules import learning_rate
 
 EDM2 = {"kind": "edm2", "lr": 0.01, "ref_kimg": 143360, "rampup_kimg": 10000}
 
@@ -48,7 +48,7 @@ def test_bad_schedule_is_refused(schedule, message):
 
 def test_training_module_follows_the_chosen_schedule(tmp_path):
     """lr_schedule=edm2 reaches the optimizer step through EDMModule.learning_rate; the default keeps EDM's ramp-up."""
-    from edmlab.lightning.run import build
+    from edmlab.training.run import build
 
     tiny = ["network.model_channels=8", "network.channel_mult=[1]", "trainer.accelerator=cpu", "logger=none",
             "callbacks=none", "optim.lr=0.01", "optim.lr_rampup_kimg=10"]

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from scipy.stats import norm, wasserstein_distance
 
 from edmlab.data.digits import digits_arrays
-from edmlab.metrics import digits
-from edmlab.metrics.digits import DigitsMetric, class_balance, load_digits_classifier, manifold_precision_recall
-from edmlab.metrics.mixture import mmd, sliced_wasserstein
+from edmlab.evaluation.metrics import digits
+from edmlab.evaluation.metrics.digits import DigitsMetric, class_balance, load_digits_classifier, manifold_precision_recall
+from edmlab.evaluation.metrics.mixture import mmd, sliced_wasserstein
 
 # ---------------------------------------------------------------------------------------------- digits metric
 
@@ -261,8 +261,8 @@ def test_mixture_metric_inputs_are_checked():
 def test_mixture_floor_is_measured_at_the_samples_count():
     """Exact draws against exact draws, N each: the finite-sample distance shrinks like 1/√N, so a floor measured
     at 2,000 points and used for 100 would be ~4.5× too optimistic; floor(N) is measured at N."""
-    from edmlab.metrics.for_dataset import MixtureScore
-    from edmlab.mixture import GaussianMixture
+    from edmlab.evaluation.metrics.for_dataset import MixtureScore
+    from edmlab.data.mixture import GaussianMixture
 
     score = MixtureScore(GaussianMixture(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.tensor([0.3, 0.3])))
     small, large = score.floor(100), score.floor(2000)

@@ -14,11 +14,11 @@ import torch
 from test_nvlabs_pickle import (Call, Record, ToyDetector, marker, persistence_module,  # noqa: F401 (fixture)
                                 random_denoiser, toy_spec, write_snapshot)
 
-from edmlab.metrics import inception
-from edmlab.metrics.inception import InceptionWeightsMismatchError, inception_features, verify_weights
-from edmlab.metrics.nvlabs_inception import (DetectorFileError, inspect_detector_file, load_detector, nvlabs_features,
+from edmlab.evaluation.metrics import inception
+from edmlab.evaluation.metrics.inception import InceptionWeightsMismatchError, inception_features, verify_weights
+from edmlab.evaluation.metrics.nvlabs_inception import (DetectorFileError, inspect_detector_file, load_detector, nvlabs_features,
                                              write_detector_pickle)
-from edmlab.nvlabs import UnsafePickleError
+from edmlab.io.nvlabs import UnsafePickleError
 
 EXPECTED = (r"expected NVlabs' inception-2015-12-05\.pkl \(https://api\.ngc\.nvidia\.com/.*\) or the TorchScript "
             r"inception-2015-12-05\.pt \(https://nvlabs-fi-cdn\.nvidia\.com/.*\), "

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import edmlab
-from edmlab.export import build_denoiser
-from edmlab.nvlabs import UnsafePickleError, read_network_pickle
+from edmlab.io.network_file import build_denoiser
+from edmlab.io.nvlabs import UnsafePickleError, read_network_pickle
 
 # NVlabs' class names for edmlab's (the layers share their names).
 NVLABS_NAME = {"EDM2Precond": "Precond", "EDM2UNet": "UNet"}
@@ -41,9 +41,9 @@ DATA = dict(img_resolution=8, in_channels=3, out_channels=3, label_dim=4, augmen
 
 def toy_spec(precond: str, net: str) -> dict:
     if precond == "Precond":
-        network = {"_target_": "edmlab.nets.edm2.EDM2UNet", **TOY, "channels_per_head": 16}
+        network = {"_target_": "edmlab.nets.EDM2UNet", **TOY, "channels_per_head": 16}
         data = {**DATA, "augment_dim": 0}
-        precond_spec = {"_target_": "edmlab.nets.edm2.EDM2Precond", "sigma_data": 0.5, "logvar_channels": 8}
+        precond_spec = {"_target_": "edmlab.EDM2Precond", "sigma_data": 0.5, "logvar_channels": 8}
     else:
         network, data = dict(NETS[net]), dict(DATA)
         precond_spec = {"_target_": f"edmlab.{precond}", **PRECONDS[precond]}
@@ -205,7 +205,7 @@ def test_iddpm_snapshot_keeps_twice_the_channels_and_the_files_grid(tmp_path, ma
 
 
 def test_convert_writes_an_edmlab_network_file(tmp_path, marker, capsys):
-    from edmlab.convert import main
+    from edmlab.cli.convert import main
 
     spec = toy_spec("VPPrecond", "ncsnpp")
     D = random_denoiser(spec)
@@ -313,7 +313,7 @@ def test_a_network_keyword_edmlab_does_not_know_is_refused(tmp_path, marker):
 def test_train_init_from_a_pickle_starts_from_its_weights(tmp_path, marker, tiny):
     from conftest import compose
 
-    from edmlab.lightning.run import build, model_spec
+    from edmlab.training.run import build, model_spec
 
     cfg = compose("train", tiny, tmp_path / "run")
     _, module, datamodule = build(cfg)
@@ -371,8 +371,8 @@ def test_scores_with_the_nvlabs_detector_precision_recall(tmp_path, marker):
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     from edmlab.evaluation.scoring import InceptionScores
-    from edmlab.images import to_uint8
-    from edmlab.metrics.ref_stats import load_uint8_images
+    from edmlab.infra.images import to_uint8
+    from edmlab.evaluation.metrics.ref_stats import load_uint8_images
 
     scripted, _, pkl = toy_detector_files(tmp_path, marker)
     mcfg = OmegaConf.create(dict(

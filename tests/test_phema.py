@@ -8,8 +8,10 @@ from conftest import assert_close_by_key, compose, with_overrides
 from scipy import integrate
 
 import edmlab
-from edmlab import phema
-from edmlab.lightning.ema import PowerEMA, TraditionalEMA, ema_beta
+from edmlab.design import phema
+from edmlab.io import snapshots
+from edmlab.cli import phema as phema_cli
+from edmlab.training.ema import PowerEMA, TraditionalEMA, ema_beta
 
 
 @pytest.mark.parametrize("std", [0.001, 0.01, 0.05, 0.1, 0.2, 0.28])
@@ -112,7 +114,7 @@ def test_reconstructing_a_tracked_std_from_the_others():
 def test_snapshot_is_written_atomically(tmp_path, monkeypatch):
     """A crash inside torch.save leaves no snapshot file (and no partial one under the final name)."""
     net = torch.nn.Linear(2, 2)
-    phema.save_snapshot(tmp_path, 1000, [0.05], [net], {"spec": 1}, None)
+    snapshots.save_snapshot(tmp_path, 1000, [0.05], [net], {"spec": 1}, None)
     before = (tmp_path / "snapshot-000000001000.pt").read_bytes()
 
     def broken_save(obj, f):
@@ -121,18 +123,18 @@ def test_snapshot_is_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        phema.save_snapshot(tmp_path, 2000, [0.05], [net], {"spec": 1}, None)
+        snapshots.save_snapshot(tmp_path, 2000, [0.05], [net], {"spec": 1}, None)
     with pytest.raises(OSError, match="disk full"):
-        phema.save_snapshot(tmp_path, 1000, [0.05], [net], {"spec": 1}, None)
+        snapshots.save_snapshot(tmp_path, 1000, [0.05], [net], {"spec": 1}, None)
     assert not (tmp_path / "snapshot-000000002000.pt").exists()
     assert (tmp_path / "snapshot-000000001000.pt").read_bytes() == before
 
 
 def test_run_without_snapshots_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no post-hoc EMA snapshots .* train it with ema=power"):
-        phema.write_networks(tmp_path, [0.05])
+        snapshots.write_networks(tmp_path, [0.05])
     with pytest.raises(FileNotFoundError, match="no run at"):
-        phema.load_snapshots(tmp_path / "missing")
+        snapshots.load_snapshots(tmp_path / "missing")
 
 
 TINY_POWER = ["network.model_channels=8", "network.channel_mult=[1]", "batch_size=32", "trainer.accelerator=cpu",
@@ -141,7 +143,7 @@ TINY_POWER = ["network.model_channels=8", "network.channel_mult=[1]", "batch_siz
 
 
 def fit(tmp_path, name, overrides):
-    from edmlab.lightning.run import build
+    from edmlab.training.run import build
 
     cfg = compose("train", with_overrides(TINY_POWER, overrides), tmp_path / name)
     trainer, module, datamodule = build(cfg)
@@ -169,7 +171,7 @@ def test_power_ema_run_snapshots_survive_resume_and_reconstruct(tmp_path, one_cp
     for a, b in zip(straight.ema_tracker.averages, resumed.ema_tracker.averages):
         assert_close_by_key(a.state_dict(), b.state_dict(), rtol=0, atol=0)
 
-    (path,) = phema.write_networks(tmp_path / "second", [0.10])
+    (path,) = snapshots.write_networks(tmp_path / "second", [0.10])
     assert path.name == "network-phema-0.100.pt"
     loaded = edmlab.load(path)
     # 0.10 was tracked, so its post-hoc reconstruction at the last snapshot is (nearly) the tracked EMA itself.
@@ -177,19 +179,19 @@ def test_power_ema_run_snapshots_survive_resume_and_reconstruct(tmp_path, one_cp
 
 
 def test_phema_command_line_and_eval(tmp_path, one_cpu_thread, capsys):
-    """python -m edmlab.phema writes loadable network files; src/eval.py reconstructs on the fly (ema.std) and
+    """python -m edmlab.cli.phema writes loadable network files; src/eval.py reconstructs on the fly (ema.std) and
     guides (guide=, guidance=)."""
     fit(tmp_path, "run", ["duration_kimg=0.128"])
-    phema.main([str(tmp_path / "run"), "--std", "0.03,0.06", "--at-kimg", "0.1"])
+    phema_cli.main([str(tmp_path / "run"), "--std", "0.03,0.06", "--at-kimg", "0.1"])
     out = capsys.readouterr().out.split()
     assert [p.rsplit("/", 1)[-1] for p in out] == ["network-phema-0.030.pt", "network-phema-0.060.pt"]
     net = edmlab.load(out[0])
     assert net(torch.zeros(1, 1, 8, 8), torch.tensor([1.0])).shape == (1, 1, 8, 8)
     with pytest.raises(SystemExit):
-        phema.main([str(tmp_path / "run"), "--std", "0.3"])
+        phema_cli.main([str(tmp_path / "run"), "--std", "0.3"])
     assert "EMA std=0.3 is outside" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"at_kimg=0.01: the first snapshot of .* is at 0.064 kimg"):
-        phema.load_snapshots(tmp_path / "run", at_kimg=0.01)
+        snapshots.load_snapshots(tmp_path / "run", at_kimg=0.01)
 
     # src/eval.py ckpt=<run> ema.std=0.06 samples the network that the command above wrote.
     from edmlab.evaluation import evaluate

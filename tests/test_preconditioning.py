@@ -147,7 +147,7 @@ TOY_DATA = dict(img_resolution=8, in_channels=2, out_channels=2, label_dim=0, au
 
 
 def iddpm_denoiser():
-    from edmlab.export import build_denoiser
+    from edmlab.io.network_file import build_denoiser
     return build_denoiser({"network": TOY_SONG, "network_kwargs": TOY_DATA,
                            "preconditioning": {"_target_": "edmlab.iDDPMPrecond"}})
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import TINY, assert_close_by_key, compose, with_overrides
 
-from edmlab.lightning.run import build
+from edmlab.training.run import build
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from conftest import ROOT, TINY, assert_close_by_key, compose, run_script, with_overrides
 
-from edmlab.files import TMP_TAG, atomic_torch_save, atomic_write_bytes, remove_orphans
-from edmlab.lightning.checkpoint_io import read_checkpoint
-from edmlab.lightning.guard import Interrupted, TrainingDiverged
-from edmlab.lightning.run import ConfigError, build, check_resume
-from edmlab.lightning.run_dir import RunDirError
+from edmlab.infra.files import TMP_TAG, atomic_torch_save, atomic_write_bytes, remove_orphans
+from edmlab.training.checkpoint_io import read_checkpoint
+from edmlab.training.guard import Interrupted, TrainingDiverged
+from edmlab.training.run import ConfigError, build, check_resume
+from edmlab.training.run_dir import RunDirError
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -117,7 +117,7 @@ def test_atomic_write_survives_a_kill_mid_write_with_tmpdir_on_another_file_syst
         atomic_write_bytes(target, b"old complete checkpoint")
         writer = textwrap.dedent(f"""
             import sys, time
-            from edmlab.files import atomic_write
+            from edmlab.infra.files import atomic_write
             def slow(f):
                 f.write(b"partial new"); f.flush(); print("writing", flush=True); time.sleep(60)
             atomic_write({str(target)!r}, slow)
@@ -146,7 +146,7 @@ def test_a_failing_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypa
         f.write(b"{\"half")
         raise OSError(28, "No space left on device")
 
-    from edmlab.files import atomic_write
+    from edmlab.infra.files import atomic_write
     with pytest.raises(OSError, match="No space left"):
         atomic_write(target, fail)
     assert target.read_bytes() == b"{}" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
@@ -154,7 +154,7 @@ def test_a_failing_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypa
 
 def test_last_checkpoint_is_written_before_the_final_report(tmp_path, monkeypatch):
     """A final report that fails (here: its sampling raises) leaves last.ckpt of the final step."""
-    from edmlab.lightning.callbacks import FinalReport
+    from edmlab.training.callbacks import FinalReport
 
     def broken(self, module, count):
         raise RuntimeError("the final report's sampler broke")
@@ -184,7 +184,7 @@ def test_a_diverging_loss_stops_the_run_loudly_and_exports_nothing(tmp_path):
 def test_nonfinite_step_is_found_and_named(tmp_path, monkeypatch):
     """A NaN loss at one step (injected into the data at step 3) is reported as that step; the periodic checkpoint
     of step 2 is kept and nothing is written afterwards."""
-    from edmlab.loss import DenoisingLoss
+    from edmlab.design.loss import DenoisingLoss
 
     original = DenoisingLoss.__call__
     calls = {"n": 0}

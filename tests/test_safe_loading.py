@@ -1,8 +1,8 @@
 """Nothing in a file the project reads is executed: network files, training checkpoints and post-hoc EMA
 snapshots are unpickled with ``weights_only=True``, and a ``_target_`` they name is one of edmlab's own classes.
 
-Each entry point (``edmlab.load`` on a file and on a run dir, ``python -m edmlab.convert``, ``python -m
-edmlab.phema``, ``src/eval.py ckpt=`` / ``guide=`` / ``ema.std=``, ``src/train.py init_from=``) gets two payloads
+Each entry point (``edmlab.load`` on a file and on a run dir, ``python -m edmlab.cli.convert``, ``python -m
+edmlab.cli.phema``, ``src/eval.py ckpt=`` / ``guide=`` / ``ema.std=``, ``src/train.py init_from=``) gets two payloads
 built from the real files of one tiny run: (a) a pickle that would create a marker file when unpickled, (b) a
 plain-tensor file whose model spec names a callable that would create it when built. The marker never appears
 and the error names the file.
@@ -18,8 +18,8 @@ import torch
 from conftest import compose, run_script, train_tiny_run
 
 import edmlab
-from edmlab import phema
-from edmlab.export import FILE_TARGETS, build
+from edmlab.io import snapshots
+from edmlab.infra.spec import FILE_TARGETS, build
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -119,7 +119,7 @@ def test_the_payloads_would_run_without_the_guards(run, tmp_path):
     assert ran.is_file()
     ran.unlink()
     # a spec of the user's own config resolves any dotted path (as Hydra does): the touching spec runs there
-    code = f"from edmlab.export import build; build({touching_spec(ran)!r}, model=None)"
+    code = f"from edmlab.io.network_file import build; build({touching_spec(ran)!r}, model=None)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "Unrecognised argument(s): model" in result.stderr and ran.is_file()
 
@@ -143,7 +143,7 @@ def test_load_refuses_a_pickle_payload(run, tmp_path, marker, name):
 
 @pytest.mark.parametrize("role,target", [("preconditioning", None), ("network", "os.system"),
                                          ("network", "builtins.exec"), ("preconditioning", "pathlib.Path.touch"),
-                                         ("network", "edmlab.export.build")])
+                                         ("network", "edmlab.io.network_file.build")])
 def test_load_refuses_a_target_outside_edmlab(run, tmp_path, marker, role, target):
     path = targeted(run / "network.pt", tmp_path / "x.pt", marker, role, target)
     with pytest.raises(ValueError, match=refused_target(path, target or "logging.basicConfig", role)):
@@ -175,17 +175,17 @@ def test_a_user_config_spec_still_resolves_any_dotted_path():
     assert build({"_target_": "fractions.Fraction", "numerator": 3, "denominator": 6}) == 0.5
 
 
-# --- python -m edmlab.convert, python -m edmlab.phema ----------------------------------------------------------
+# --- python -m edmlab.cli.convert, python -m edmlab.cli.phema ----------------------------------------------------------
 
 def test_convert_refuses_both_payloads(run, tmp_path, marker):
     """convert reads only NVlabs pickles (through the restricted unpickler); a payload under any other name is
     refused before it is opened."""
     for payload, name in ((pickled, "x.pt"), (targeted, "y.pt")):
         path = payload(run / "network.pt", tmp_path / name, marker)
-        one_error_line(python_m("edmlab.convert", path, tmp_path / "out.pt", cwd=tmp_path),
+        one_error_line(python_m("edmlab.cli.convert", path, tmp_path / "out.pt", cwd=tmp_path),
                        re.escape(f"{path} is not an NVlabs network pickle (*.pkl)"), 1)
     path = pickled(run / "network.pt", tmp_path / "z.pkl", marker)
-    result = python_m("edmlab.convert", path, tmp_path / "out.pt", cwd=tmp_path)
+    result = python_m("edmlab.cli.convert", path, tmp_path / "out.pt", cwd=tmp_path)
     assert result.returncode == 1 and str(path) in result.stderr and not marker.exists()
     assert not (tmp_path / "out.pt").exists()
 
@@ -202,10 +202,10 @@ def snapshots_with(run: pathlib.Path, tmp_path: pathlib.Path, payload, marker) -
 def test_phema_refuses_a_payload_snapshot(run, tmp_path, marker, payload):
     run_dir, snapshot = snapshots_with(run, tmp_path, payload, marker)
     match = refused_pickle(snapshot) if payload is pickled else refused_target(snapshot)
-    one_error_line(python_m("edmlab.phema", run_dir, "--std", "0.07", cwd=tmp_path), match, 2)
+    one_error_line(python_m("edmlab.cli.phema", run_dir, "--std", "0.07", cwd=tmp_path), match, 2)
     assert not list(run_dir.glob("network-phema-*.pt"))
     with pytest.raises(ValueError, match=match):
-        phema.load_reconstructed(run_dir, 0.07)
+        snapshots.load_reconstructed(run_dir, 0.07)
 
 
 # --- src/eval.py ckpt= guide= ema.std= -------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_eval_ema_std_refuses_a_payload_snapshot(run, tmp_path, marker, payload)
 
 @pytest.mark.parametrize("payload", [pickled, targeted])
 def test_init_from_refuses_a_payload(run, tmp_path, marker, payload):
-    from edmlab.lightning.run import build as build_run
+    from edmlab.training.run import build as build_run
 
     path = payload(run / "network.pt", tmp_path / "x.pt", marker)
     match = refused_pickle(path) if payload is pickled else refused_target(path)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import edmlab
-from edmlab.scalings import NoScaling, VPScaling
-from edmlab.schedules import LinearSchedule, VESchedule, VPSchedule
+from edmlab.design.scalings import NoScaling, VPScaling
+from edmlab.design.schedules import LinearSchedule, VESchedule, VPSchedule
 
 SCHEDULES = [LinearSchedule(), VESchedule(), VPSchedule(), VPSchedule.fit(0.002, 80.0)]
 

@@ -1,4 +1,4 @@
-"""Searched time steps (``edmlab.search_steps``): the dynamic programme against brute force, the search against the
+"""Searched time steps (``edmlab.sampling.search_steps``): the dynamic programme against brute force, the search against the
 analytic grids on a bench, and the steps file through ``discretization=custom``."""
 import itertools
 import json
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import edmlab
-from edmlab import search_steps
+from edmlab.cli import search_steps as search_steps_cli
+from edmlab.sampling import search_steps
 from edmlab.data.points import make_mixture
 
 SMALL = dict(latents=64, holdout=128, fine=25, teacher_substeps=2, iters=40, seed=0)
@@ -16,7 +17,7 @@ SMALL = dict(latents=64, holdout=128, fine=25, teacher_substeps=2, iters=40, see
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("steps") / "ipndm6.json"
-    record = search_steps.main(["ckpt=bench:mixture16", "solver=ipndm", "nfe=6", f"out={out}"]
+    record = search_steps_cli.main(["ckpt=bench:mixture16", "solver=ipndm", "nfe=6", f"out={out}"]
                                + [f"{k}={v}" for k, v in SMALL.items()])
     return out, record
 
@@ -76,11 +77,11 @@ def test_steps_file_round_trips_through_custom_discretization(searched):
 ])
 def test_bad_arguments(argv, message):
     with pytest.raises(ValueError, match=message):
-        search_steps.parse(argv)
+        search_steps_cli.parse(argv)
 
 
 def test_unknown_bench_and_impossible_nfe():
     with pytest.raises(ValueError, match=r"unknown bench preset ckpt=bench:nope"):
-        search_steps.load_model("bench:nope")
+        search_steps_cli.load_model("bench:nope")
     with pytest.raises(ValueError, match=r"solver='heun' cannot spend exactly nfe=4 calls"):
         search_steps.search(make_mixture("mixture16"), (16,), solver="heun", nfe=4, final_step="euler", **SMALL)

@@ -72,13 +72,13 @@ def test_each_ladder_preset_is_the_previous_one_plus_the_documented_change(famil
     assert under(changes(d, e), "loss_weighting", "noise_distribution")
     assert (e["loss_weighting._target_"], e["noise_distribution._target_"]) == ("edmlab.EDMWeighting", "edmlab.EDMNoise")
     assert under(changes(e, f), "augment")
-    assert (f["augment._target_"], f["augment.p"]) == ("edmlab.data.augment.AugmentPipe", 0.12)
+    assert (f["augment._target_"], f["augment.p"]) == ("edmlab.design.augment.AugmentPipe", 0.12)
 
 
 def test_digits_ladder_c_has_fewer_parameters_than_b_and_f_conditions_on_augmentation(tmp_path):
     """C redistributes capacity (drops the 2×2 level, doubles 8×8): fewer parameters than B, as EDM's C (62M→56M);
     F's network takes the 9 augmentation labels."""
-    from edmlab.lightning.run import build
+    from edmlab.training.run import build
 
     def module(name):
         cfg = compose("train", [f"experiment={name}", "logger=csv", "trainer.accelerator=cpu"], tmp_path / name)

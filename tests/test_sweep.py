@@ -1,4 +1,4 @@
-"""Seeds as a sweep axis (edmlab.sweep, edmlab.sweep_mean): mean ± standard error over seeds per override combination
+"""Seeds as a sweep axis (edmlab.evaluation.sweep, edmlab.evaluation.sweep_mean): mean ± standard error over seeds per override combination
 with n, failed seeds kept out of the mean and counted, evaluation jobs carrying their training run's overrides, and
 runs of different data sets refused. The job directories are written by hand here, as Hydra and the entry points
 lay them out (metrics.json, .hydra/overrides.yaml, a training run's config.yaml); the real commands run in
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from edmlab.sweep import SweepReport, read_jobs, write_report
-from edmlab.sweep_mean import standard_error
+from edmlab.evaluation.sweep import SweepReport, read_jobs, write_report
+from edmlab.evaluation.sweep_mean import standard_error
 
 DIGITS = {"data": {"dataset": {"_target_": "edmlab.data.DigitsDataset", "split": "train"}}}
 MIXTURE = {"data": {"dataset": {"_target_": "edmlab.data.PointsDataset", "preset": "ring8", "n": 8192}}}

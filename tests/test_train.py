@@ -9,10 +9,10 @@ import torch
 from conftest import CONF, TINY, compose, run_script, with_overrides
 
 import edmlab
-from edmlab.lightning.callbacks import FinalReport
-from edmlab.lightning.ema import ema_beta
-from edmlab.lightning.run import ConfigError, build, model_spec
-from edmlab.metrics.for_dataset import dataset_metric
+from edmlab.training.callbacks import FinalReport
+from edmlab.training.ema import ema_beta
+from edmlab.training.run import ConfigError, build, model_spec
+from edmlab.evaluation.metrics.for_dataset import dataset_metric
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny tensors: one thread is 5-10× faster on shared cores
 
@@ -36,7 +36,7 @@ class StubData:
 
 def instantiate_model(cfg):
     """The training module of a config on the meta device (no memory, no data files needed)."""
-    from edmlab.lightning.module import EDMModule
+    from edmlab.training.module import EDMModule
     from omegaconf import OmegaConf
 
     target = cfg.data.dataset._target_
@@ -61,7 +61,7 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
         cfg = compose("train", [f"{group}={option}", *extra], tmp_path)
         module = instantiate_model(cfg)
         assert module.net.sigma_min < module.net.sigma_max
-        edmlab.sampling._validate(cfg.sampler.num_steps, cfg.sampler.rho, cfg.sampler.alpha, cfg.sampler.S_churn,
+        edmlab.sampling.planning._validate(cfg.sampler.num_steps, cfg.sampler.rho, cfg.sampler.alpha, cfg.sampler.S_churn,
                                   cfg.sampler.S_noise)
 
 
@@ -144,7 +144,7 @@ def fit(tmp_path, overrides, name="run"):
 def test_learning_rate_ramp_and_ema_follow_edm(tmp_path, tiny):
     """After k steps: lr = lr₀·min(k·B/rampup, 1), and the EMA equals the recursion run by hand on the weights."""
     captured = []
-    from edmlab.lightning.module import EDMModule
+    from edmlab.training.module import EDMModule
 
     original = EDMModule.optimizer_step
 
@@ -238,7 +238,7 @@ def test_final_report_draws_in_batches_the_images_of_one_batch(trained):
 
 def test_final_report_without_a_metric_draws_only_the_grid(trained, tmp_path, monkeypatch):
     """A data set without a metric (CIFAR-10, image folders): the report draws only the grid_images it shows."""
-    import edmlab.lightning.callbacks as callbacks
+    import edmlab.training.callbacks as callbacks
 
     _, trainer, module = trained
     monkeypatch.setattr(callbacks, "dataset_metric", lambda dataset: None)
@@ -254,7 +254,7 @@ def test_logged_loss_is_the_step_mean_and_the_bins_the_per_sigma_means(tmp_path,
     """Under accumulation (2 micro-batches of 16), train/loss is the per-pixel mean of λ(σ)·(D − y)² over the 32
     images of the logged step (NVlabs' Loss/loss), loss_per_sigma/* the per-bin means over the steps since the last
     log, and the final report's train_loss the last step's mean: recomputed here from D's inputs and outputs."""
-    from edmlab.lightning.module import EDMModule
+    from edmlab.training.module import EDMModule
 
     seen = []  # (global step, y, σ, D) per micro-batch
     original = EDMModule.training_step

@@ -19,7 +19,7 @@ def picture():
 
 def test_command_writes_both_pngs(tmp_path):
     out = tmp_path / "figures"
-    result = subprocess.run([sys.executable, "-m", "edmlab.viz.flows", "--out", str(out)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "edmlab.cli.flows", "--out", str(out)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     for name, size in (("flows.png", (1080, 600)), ("warps.png", (1800, 552))):

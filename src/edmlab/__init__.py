@@ -1,24 +1,30 @@
-"""edmlab: the design space of diffusion models (Karras et al. 2022, "EDM") as composable, tested pieces."""
-from .discretizations import DEFAULT_SIGMA_RANGE, discretize, edm_sigmas, iddpm_grid, iddpm_sigmas, ve_sigmas, vp_sigmas
-from .export import load, save_network
-from .loss import DenoisingLoss, LossOutput
-from .loss_weighting import EDMWeighting, InverseVariance
-from .mixture import GaussianMixture
-from .preconditioning import EDMPrecond, Precond, VEPrecond, VPPrecond, iDDPMPrecond
-from .rng import SeedStreams
-from .sampling import Plan, make_flow, plan, sample, sigma_range, sigma_steps, time_steps
-from .scalings import NoScaling, VPScaling
-from .schedules import LinearSchedule, VESchedule, VPSchedule
-from .solvers import (SOLVERS, Churn, CountingDenoiser, ProbabilityFlow, nfe, sample_adaptive, sample_deis, sample_dpmpp_2m,
-                      sample_dpmpp_3m, sample_euler, sample_heun, sample_ipndm, sample_ipndm_v, sample_unipc)
-from .training_noise import EDMNoise, VENoise, VPNoise
+"""edmlab: the design space of diffusion models (Karras et al. 2022, "EDM") as composable, tested pieces.
+
+The top of the layers: ``sample``, ``plan``, ``load`` and the design table's units, importable as ``edmlab.X``."""
+from edmlab.data.mixture import GaussianMixture
+from edmlab.design.discretizations import (DEFAULT_SIGMA_RANGE, discretize, edm_sigmas, iddpm_grid, iddpm_sigmas,
+                                           ve_sigmas, vp_sigmas)
+from edmlab.design.loss import DenoisingLoss, LossOutput
+from edmlab.design.loss_weighting import EDMWeighting, InverseVariance
+from edmlab.design.preconditioning import EDM2Precond, EDMPrecond, Precond, VEPrecond, VPPrecond, iDDPMPrecond
+from edmlab.design.scalings import NoScaling, VPScaling
+from edmlab.design.schedules import LinearSchedule, VESchedule, VPSchedule
+from edmlab.design.training_noise import EDMNoise, VENoise, VPNoise
+from edmlab.io.network_file import load, save_network
+from edmlab.sampling.planning import Plan, make_flow, nfe, plan, sigma_range, sigma_steps, time_steps
+from edmlab.sampling.rng import SeedStreams
+from edmlab.sampling.sampler import sample
+from edmlab.sampling.solvers import (SOLVERS, Churn, CountingDenoiser, ProbabilityFlow, sample_adaptive, sample_deis,
+                                     sample_dpmpp_2m, sample_dpmpp_3m, sample_euler, sample_heun, sample_ipndm,
+                                     sample_ipndm_v, sample_unipc)
 
 __all__ = [
-    "sample", "load", "save_network", "GaussianMixture", "time_steps", "sigma_steps", "sigma_range", "make_flow", "SeedStreams",
-    "LinearSchedule", "VESchedule", "VPSchedule", "NoScaling", "VPScaling",
+    "sample", "load", "save_network", "GaussianMixture", "time_steps", "sigma_steps", "sigma_range", "make_flow",
+    "SeedStreams", "LinearSchedule", "VESchedule", "VPSchedule", "NoScaling", "VPScaling",
     "discretize", "edm_sigmas", "ve_sigmas", "vp_sigmas", "iddpm_sigmas", "iddpm_grid",
-    "Precond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "DenoisingLoss", "LossOutput",
+    "Precond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "EDM2Precond", "DenoisingLoss", "LossOutput",
     "VPNoise", "VENoise", "EDMNoise", "InverseVariance", "EDMWeighting", "DEFAULT_SIGMA_RANGE",
-    "SOLVERS", "Churn", "ProbabilityFlow", "sample_euler", "sample_heun", "nfe", "plan", "Plan", "CountingDenoiser", "sample_ipndm",
-    "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc", "sample_adaptive",
+    "SOLVERS", "Churn", "ProbabilityFlow", "sample_euler", "sample_heun", "nfe", "plan", "Plan", "CountingDenoiser",
+    "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc",
+    "sample_adaptive",
 ]

@@ -2,7 +2,7 @@
 
 1,797 real images, one channel, integer intensities 0–16, mapped to [−1, 1] by x/8 − 1.
 A fixed held-out split (``HELD_OUT`` images chosen by a seeded permutation) is the reference
-of the digits metrics (``edmlab.metrics.digits``).
+of the digits metrics (``edmlab.evaluation.metrics.digits``).
 """
 import numpy as np
 import torch

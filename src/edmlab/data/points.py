@@ -1,5 +1,5 @@
 """Low-dimensional points drawn from a Gaussian mixture: a data set that trains in seconds and
-whose exact denoiser is known (``edmlab.mixture.GaussianMixture``).
+whose exact denoiser is known (``edmlab.data.mixture.GaussianMixture``).
 
 Items are ``(x float32 [D], component index int64)``; the component index is the class label,
 so class-conditional training works. The points are drawn once, at construction, from a
@@ -44,7 +44,7 @@ PRESETS = {
 
 def make_mixture(preset: str | None = "ring8", means=None, stds=None, weights=None):
     """A ``GaussianMixture`` from explicit ``means``/``stds``/``weights`` or else a named preset."""
-    from edmlab.mixture import GaussianMixture
+    from edmlab.data.mixture import GaussianMixture
 
     if means is None:
         if preset not in PRESETS:

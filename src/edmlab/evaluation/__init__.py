@@ -1,7 +1,7 @@
 """Evaluation: ``src/eval.py`` draws samples from a trained network, or from the exact denoiser of a
 Gaussian-mixture bench (``ckpt=bench:<preset>``), with any sampler; scores them; fills the job directory with
 ``metrics.json`` (the scores, ``nfe``, ``sample_sec`` and ``metric_sec``, ``num_samples``, a ``config`` summary,
-``status`` "ok" or "failed" with ``error``, the Hydra ``overrides`` that ``edmlab.sweep`` tabulates), samples.png
+``status`` "ok" or "failed" with ``error``, the Hydra ``overrides`` that ``edmlab.evaluation.sweep`` tabulates), samples.png
 and the samples.
 
 One concern per module:
@@ -13,6 +13,6 @@ One concern per module:
 - ``outputs``: metrics.json, samples.png, images/ or samples.npz, W&B;
 - ``job``: the job itself, one process or torchrun's ranks.
 """
-from .job import evaluate
+from edmlab.evaluation.job import evaluate
 
 __all__ = ["evaluate"]

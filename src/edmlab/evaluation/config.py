@@ -5,9 +5,10 @@ import inspect
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..guidance import check_guidance
-from ..sampling import sample, time_steps
-from .subject import bench_presets
+from edmlab.design.guidance import check_guidance
+from edmlab.sampling.sampler import sample
+from edmlab.sampling.planning import time_steps
+from edmlab.evaluation.subject import bench_presets
 
 SAVE_MODES = ("grid", "png", "npz")
 NOT_SAMPLER_SETTINGS = {"denoiser", "latents", "generator", "callback", "class_labels"}

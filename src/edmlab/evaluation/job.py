@@ -5,7 +5,7 @@ Image k uses seed ``seeds + k``: one random stream per image gives its latents, 
 that order (NVlabs/edm generate.py), so an image does not depend on the batch it was drawn in, nor on the process.
 
 Under torchrun (WORLD_SIZE > 1, ``+launcher=torchrun``) each rank draws a contiguous share of the seeds
-(``edmlab.distributed``); rank 0 gathers the samples (and labels) in seed order, computes the metrics and writes
+(``edmlab.infra.distributed``); rank 0 gathers the samples (and labels) in seed order, computes the metrics and writes
 every file, so the outputs are those of one process. Work that one rank does alone, or that may fail on one rank
 only, is followed by ``Ranks.agree`` before the next collective: a failure stops every rank at the same point
 with an error (no rank waits forever), and in a multirun the next job's collectives still line up.
@@ -18,18 +18,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..cli import failure_message, in_multirun, job_info, print_job_failure
-from ..distributed import Ranks, env_ranks, init_process_group, rank_device
-from ..generation import Drawn, draw
-from ..guidance import GuidedDenoiser, guided_nfe, load_guide
-from ..sampling import sigma_range, sigma_steps
-from ..solvers import CountingDenoiser
-from ..threads import num_threads
-from .config import check_config, config_summary, grid_kwargs, need, resolve_device
-from .outputs import log_to_wandb, save_picture, save_samples, write_json
-from .reference import ode_error
-from .scoring import DINOv2Scores, InceptionScores, check_references, dataset_scorer
-from .subject import Subject, load_subject
+from edmlab.infra.jobs import failure_message, in_multirun, job_info, print_job_failure
+from edmlab.infra.distributed import Ranks, env_ranks, init_process_group, rank_device
+from edmlab.sampling.generation import Drawn, draw
+from edmlab.design.guidance import GuidedDenoiser, guided_nfe
+from edmlab.evaluation.subject import load_guide
+from edmlab.sampling.planning import sigma_range, sigma_steps
+from edmlab.sampling.solvers import CountingDenoiser
+from edmlab.infra.threads import num_threads
+from edmlab.evaluation.config import check_config, config_summary, grid_kwargs, need, resolve_device
+from edmlab.evaluation.outputs import log_to_wandb, save_picture, save_samples, write_json
+from edmlab.evaluation.reference import ode_error
+from edmlab.evaluation.scoring import DINOv2Scores, InceptionScores, check_references, dataset_scorer
+from edmlab.evaluation.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
 

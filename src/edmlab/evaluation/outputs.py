@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..generation import Drawn
-from ..images import save_grid, to_uint8
-from ..mixture import GaussianMixture
-from .subject import Subject
+from edmlab.sampling.generation import Drawn
+from edmlab.infra.images import save_grid, to_uint8
+from edmlab.data.mixture import GaussianMixture
+from edmlab.evaluation.subject import Subject
 
 
 def _jsonable(value):
@@ -56,7 +56,7 @@ def save_picture(out: Path, subject: Subject, samples: torch.Tensor, grid_images
     if subject.is_image:
         return save_grid(samples[:grid_images], out / "samples.png", scale=max(1, 32 // samples.shape[-1]))
     if samples.ndim == 2 and samples.shape[1] == 2:
-        from ..viz.points import save_scatter
+        from edmlab.viz.points import save_scatter
 
         reference = subject.mixture.sample(len(samples), torch.Generator().manual_seed(0)) if subject.mixture else None
         return save_scatter(samples, out / "samples.png", reference=reference, title=subject.kind)

@@ -9,9 +9,9 @@ import hashlib
 
 import torch
 
-from ..generation import Drawn
-from ..mixture import GaussianMixture
-from .subject import component
+from edmlab.sampling.generation import Drawn
+from edmlab.data.mixture import GaussianMixture
+from edmlab.evaluation.subject import component
 
 # rtol = atol of the exact ODE solve: its RMS distance to a 1e-11 solve is ~3e-10 on ring8, far below the error of
 # any sampler measured here (≥ 1e-4), at a quarter of the cost.

@@ -1,31 +1,31 @@
 """The scores of a job's samples, by what the model was trained on:
 
 - digits: the digits-classifier Fréchet distance, precision/recall, class balance and near copies against the
-  held-out split, with the real floor at the same sample count (``edmlab.metrics.for_dataset``);
+  held-out split, with the real floor at the same sample count (``edmlab.evaluation.metrics.for_dataset``);
 - a Gaussian mixture (``data=mixture``, or ``bench:<preset>``): sliced Wasserstein and MMD to the true distribution
   (and the exact-ODE error, ``reference.py``);
 - any image model with ``metrics.fid.ref``: Inception FID (``metrics.kid``, ``metrics.isc`` for KID and IS,
   ``metrics.prc`` for precision/recall of the Inception features); ``metrics.fid.detector=nvlabs`` scores with
-  NVlabs' own detector file (``edmlab.metrics.nvlabs_inception``) instead of torch-fidelity's.
+  NVlabs' own detector file (``edmlab.evaluation.metrics.nvlabs_inception``) instead of torch-fidelity's.
   EDM's protocol: 50,000 images, reference statistics of the whole data set, the minimum FID over the seed
   ranges 0–49999, 50000–99999, 100000–149999 (``metrics=fid50k``, i.e. ``metrics.fid.seed_ranges=3``).
   FID needs no gathered images: the ranks all-reduce the sums of the features and of their centred outer
   products; KID and IS gather the features or logits.
 - any image model with ``metrics.fd_dinov2.enabled``: EDM2's FD-DINOv2, the same Fréchet distance of DINOv2
-  ViT-L/14 features (``edmlab.metrics.dinov2``) against ``metrics.fd_dinov2.ref`` (NVlabs/edm2's dataset-refs
+  ViT-L/14 features (``edmlab.evaluation.metrics.dinov2``) against ``metrics.fd_dinov2.ref`` (NVlabs/edm2's dataset-refs
   ``.pkl``, or ``ref_stats --detector dinov2``), over the same seed ranges as FID.
 """
 import numpy as np
 import torch
 
-from ..distributed import Ranks, mean_covariance
-from ..images import to_uint8
-from .subject import Subject, component
+from edmlab.infra.distributed import Ranks, mean_covariance
+from edmlab.infra.images import to_uint8
+from edmlab.evaluation.subject import Subject, component
 
 
 def dataset_scorer(subject: Subject, class_label: int | None):
     """``samples → {name: value}`` with ``floor(n)`` for the subject's data, or None."""
-    from ..metrics.for_dataset import MixtureScore, dataset_metric
+    from edmlab.evaluation.metrics.for_dataset import MixtureScore, dataset_metric
 
     if subject.mixture is not None:
         mixture = subject.mixture if class_label is None else component(subject.mixture, class_label)
@@ -36,18 +36,18 @@ def dataset_scorer(subject: Subject, class_label: int | None):
 REFERENCE_KEYS = {"fid": "metrics.fid.ref", "fd_dinov2": "metrics.fd_dinov2.ref"}
 REFERENCE_HINTS = {
     "fid": "a DINOv2 file?; use NVlabs/edm's reference .npz, NVlabs/edm2's dataset-refs .pkl or `python -m "
-           "edmlab.metrics.ref_stats`",
-    "fd_dinov2": "an Inception .npz?; use NVlabs/edm2's dataset-refs .pkl or `python -m edmlab.metrics.ref_stats "
+           "edmlab.evaluation.metrics.ref_stats`",
+    "fd_dinov2": "an Inception .npz?; use NVlabs/edm2's dataset-refs .pkl or `python -m edmlab.cli.ref_stats "
                  "--detector dinov2`"}
 
 
 def feature_size(metric: str) -> tuple[int, str]:
     """(feature size, network name) of the features that ``metric`` compares with its reference statistics."""
     if metric == "fid":
-        from ..metrics.nvlabs_inception import FEATURE_DIM
+        from edmlab.evaluation.metrics.nvlabs_inception import FEATURE_DIM
 
         return FEATURE_DIM, "Inception-v3 pool3"  # torch-fidelity's detector and NVlabs' alike
-    from ..metrics.dinov2 import feature_dim
+    from edmlab.evaluation.metrics.dinov2 import feature_dim
 
     return feature_dim(), "DINOv2"
 
@@ -56,7 +56,7 @@ def reference_statistics(metric: str, path) -> tuple[np.ndarray, np.ndarray]:
     """(μ, Σ) of ``metric``'s reference file (fid: ``metrics.fid.ref``, fd_dinov2: ``metrics.fd_dinov2.ref``),
     refused in one line naming the key when it is missing, not statistics, or of another feature size than the
     metric's network: the size would otherwise fail only in the Fréchet distance, after every sample is drawn."""
-    from ..metrics.frechet import load_statistics
+    from edmlab.evaluation.metrics.frechet import load_statistics
 
     key = REFERENCE_KEYS[metric]
     try:
@@ -97,12 +97,12 @@ class InceptionScores:
                              "give (features only): use metrics.fid.detector=torch-fidelity for IS")
         self.ref_features = None
         if self.active:
-            from ..metrics.inception import resolve_weights
-            from ..metrics.nvlabs_inception import load_detector
+            from edmlab.evaluation.metrics.inception import resolve_weights
+            from edmlab.evaluation.metrics.nvlabs_inception import load_detector
 
             load_detector(self.detector_path) if self.detector == "nvlabs" else resolve_weights(self.weights_path)
         if (self.kid or self.prc) and ranks.is_zero:
-            from ..metrics.ref_stats import load_uint8_images
+            from edmlab.evaluation.metrics.ref_stats import load_uint8_images
 
             if mcfg.ref_images is None:
                 raise ValueError("metrics.kid=true / metrics.prc=true compare with real images: set "
@@ -120,18 +120,18 @@ class InceptionScores:
 
     def _outputs_uint8(self, images_uint8: torch.Tensor) -> dict:
         if self.detector == "nvlabs":
-            from ..metrics.nvlabs_inception import nvlabs_features
+            from edmlab.evaluation.metrics.nvlabs_inception import nvlabs_features
 
             return {"pool": nvlabs_features(images_uint8, self.detector_path, self.batch, self.device)}
-        from ..metrics.inception import inception_outputs
+        from edmlab.evaluation.metrics.inception import inception_outputs
 
         return inception_outputs(images_uint8, self.weights_path, self.batch, self.device)
 
     def scores(self, out: dict, first_range: bool) -> dict:
         """The scores of every rank's ``outputs`` together (a collective): complete on rank 0, empty elsewhere.
         The collectives come first, then rank 0 alone computes, so a failure there leaves no rank inside one."""
-        from ..metrics.frechet import frechet_distance
-        from ..metrics.inception import fid_from_features, inception_score_from_logits, kid_from_features
+        from edmlab.evaluation.metrics.frechet import frechet_distance
+        from edmlab.evaluation.metrics.inception import fid_from_features, inception_score_from_logits, kid_from_features
 
         ranks = self.ranks
         statistics = mean_covariance(out["pool"], ranks) if self.ref is not None and ranks.world > 1 else None
@@ -147,7 +147,7 @@ class InceptionScores:
         if pool is not None and self.kid:
             scores["kid_mean"], scores["kid_std"] = kid_from_features(pool, self.ref_features)
         if pool is not None and self.prc:
-            from ..metrics.digits import manifold_precision_recall
+            from edmlab.evaluation.metrics.digits import manifold_precision_recall
 
             scores["precision"], scores["recall"] = manifold_precision_recall(self.ref_features.to(pool.dtype), pool)
         if logits is not None:
@@ -160,7 +160,7 @@ class DINOv2Scores:
     ViT-L/14 features to ``metrics.fd_dinov2.ref``, the statistics all-reduced over the ranks as for FID."""
 
     def __init__(self, mcfg, device, ranks: Ranks = Ranks()):
-        from ..metrics.dinov2 import load_dinov2
+        from edmlab.evaluation.metrics.dinov2 import load_dinov2
 
         cfg = mcfg.get("fd_dinov2") or {}
         self.enabled, self.ranks, self.device = bool(cfg.get("enabled", False)), ranks, device
@@ -175,7 +175,7 @@ class DINOv2Scores:
             return
         if ref is None:
             raise ValueError("metrics.fd_dinov2.enabled=true needs metrics.fd_dinov2.ref=<NVlabs/edm2 dataset-refs "
-                             ".pkl, e.g. img512.pkl, or an .npz of `python -m edmlab.metrics.ref_stats --detector "
+                             ".pkl, e.g. img512.pkl, or an .npz of `python -m edmlab.cli.ref_stats --detector "
                              "dinov2`>")
         self.ref = reference_statistics("fd_dinov2", ref)
         load_dinov2(self.weights_path, device)  # a missing or foreign weights file fails before sampling too
@@ -186,13 +186,13 @@ class DINOv2Scores:
 
     def outputs(self, images: torch.Tensor) -> dict:
         """This rank's DINOv2 features (``dinov2``) of ``images`` in [−1, 1]."""
-        from ..metrics.dinov2 import dinov2_features
+        from edmlab.evaluation.metrics.dinov2 import dinov2_features
 
         return {"dinov2": dinov2_features(to_uint8(images), self.weights_path, self.batch, self.device)}
 
     def scores(self, out: dict, first_range: bool) -> dict:
         """``fd_dinov2`` of every rank's ``outputs`` together (a collective): on rank 0, empty elsewhere."""
-        from ..metrics.frechet import frechet_distance, frechet_distance_to_statistics
+        from edmlab.evaluation.metrics.frechet import frechet_distance, frechet_distance_to_statistics
 
         statistics = mean_covariance(out["dinov2"], self.ranks) if self.ranks.world > 1 else None
         if not self.ranks.is_zero:

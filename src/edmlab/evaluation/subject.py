@@ -4,16 +4,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..export import build, load, network_file
-from ..mixture import GaussianMixture
-from ..phema import load_reconstructed
+from edmlab.data.mixture import GaussianMixture
+from edmlab.design.guidance import Unconditional
+from edmlab.infra.spec import build
+from edmlab.io.network_file import load, network_file
+from edmlab.io.snapshots import load_reconstructed
 
 BENCH = "bench:"
 SCORED_DATASETS = ("DigitsDataset", "PointsDataset")
 
 
 def bench_presets() -> dict:
-    from ..data.points import PRESETS
+    from edmlab.data.points import PRESETS
 
     return PRESETS
 
@@ -54,7 +56,7 @@ def training_dataset(config: dict | None, source):
     """The training data set, rebuilt when a data-set metric exists for it (digits, mixture points), else None.
 
     ``config`` was read from the file ``source``, so its data set spec is built flat and only as one of edmlab's
-    own data sets (``edmlab.export.FILE_TARGETS``): Hydra's recursive ``instantiate`` would import and call any
+    own data sets (``edmlab.io.network_file.FILE_TARGETS``): Hydra's recursive ``instantiate`` would import and call any
     ``_target_`` the file names, nested ones included."""
     spec = ((config or {}).get("data") or {}).get("dataset")
     if not isinstance(spec, dict) or str(spec.get("_target_", "")).rsplit(".", 1)[-1] not in SCORED_DATASETS:
@@ -76,3 +78,11 @@ def load_subject(ckpt: str, device: torch.device, class_label: int | None = None
     kind = type(dataset).__name__ if dataset is not None else "network"
     return Subject(denoiser, tuple(denoiser.model_spec["shape"]), int(getattr(denoiser, "label_dim", 0)), device,
                    kind, dataset, getattr(dataset, "mixture", None))
+
+
+def load_guide(guide: str, denoiser, device="cpu"):
+    """The guide of ``src/eval.py guide=...``: ``uncond`` (the same network without labels, CFG) or a run dir /
+    network file / checkpoint read by ``edmlab.load`` (autoguidance: an earlier or smaller network)."""
+    if str(guide) == "uncond":
+        return Unconditional(denoiser)
+    return load(guide, device)

@@ -17,7 +17,6 @@ from torch.nn.functional import dropout, silu
 from edmlab.nets.layers import (
     _filter_2d, check_image_input, check_unet_args, conditioning_inputs, downsample_2x, upsample_2x,
 )
-from edmlab.preconditioning import EDMPrecond
 
 SILU_RMS = 0.596  # E[silu(x)²]^½ for x ~ N(0, 1)
 
@@ -251,32 +250,3 @@ class EDM2UNet(torch.nn.Module):
         return self.out_conv(x, gain=self.out_gain)
 
 
-class EDM2Precond(EDMPrecond):
-    """EDM's preconditioning (c_skip, c_out, c_in, c_noise = ¼ ln σ, as :class:`EDMPrecond`) with EDM2's uncertainty
-    head u(σ) = linear(MPFourier(c_noise)) (Eq. 21, ``logvar_channels`` Fourier features), which the learned loss
-    weighting λ(σ)/e^{u(σ)}·‖D − y‖² + u(σ) trains. ``forward(..., return_logvar=True)`` gives (D, u) as NVlabs'
-    Precond. F is registered as ``unet`` (NVlabs/edm2's name, so its state dicts load unchanged); ``model`` is the
-    same module, the name every edmlab preconditioning uses."""
-
-    def __init__(self, model, sigma_data=0.5, sigma_min=0.0, sigma_max=math.inf, label_dim=None,
-                 logvar_channels: int = 128):
-        super().__init__(model, sigma_data, sigma_min, sigma_max, label_dim)
-        self.unet = self._modules.pop("model")
-        self.logvar_fourier = MPFourier(logvar_channels)
-        self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
-
-    @property
-    def model(self):
-        return self.unet
-
-    def logvar(self, sigma) -> torch.Tensor:
-        """u(σ) [N] for σ [N] (or a scalar)."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.logvar_fourier.freqs.device).reshape(-1)
-        c_noise = self.coefficients(sigma)[3]
-        return self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1)
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None, return_logvar: bool = False):
-        D = super().forward(x, sigma, class_labels=class_labels, augment_labels=augment_labels)
-        if not return_logvar:
-            return D
-        return D, self.logvar(sigma).expand(x.shape[0]).reshape(-1, *[1] * (x.ndim - 1))

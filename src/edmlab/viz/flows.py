@@ -7,9 +7,8 @@ curves of the probability-flow ODE (EDM Eq. 1 and 4), and the discrete steps of 
   (EDM Table 1). A point x̂ at noise level σ sits at t = σ⁻¹(σ), x = s(t)·x̂, where its density is
   p(x/s(t); σ(t))/s(t): the panels are warps of one plane, with each schedule's Euler steps on top.
 
-Command: ``python -m edmlab.viz.flows --out DIR``.
+Command: ``python -m edmlab.cli.flows --out DIR``.
 """
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from edmlab.mixture import GaussianMixture  # noqa: E402
-from edmlab.sampling import make_flow, sample  # noqa: E402
-from edmlab.solvers import nfe  # noqa: E402
+from edmlab.data.mixture import GaussianMixture  # noqa: E402
+from edmlab.sampling.planning import make_flow
+from edmlab.sampling.sampler import sample  # noqa: E402
+from edmlab.sampling.planning import nfe  # noqa: E402
 
 FLOWS_FIGSIZE, WARPS_FIGSIZE, DPI = (9.0, 5.0), (15.0, 4.6), 120
 WARPS = (("vp", "vp"), ("ve", "none"), ("linear", "none"))
@@ -213,25 +213,3 @@ def make_figures(out_dir, *, sigma_max: float = 5.0, num_steps: int = 6, num_cur
     """Both figures into ``out_dir``: [flows.png, warps.png]."""
     picture = compute_flows(sigma_max=sigma_max, num_steps=num_steps, num_curves=num_curves, rho=rho)
     return [plot_flows(out_dir, picture), plot_warps(out_dir, picture)]
-
-
-def main(argv=None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m edmlab.viz.flows", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="directory for flows.png and warps.png (created if missing)")
-    parser.add_argument("--sigma-max", type=float, default=5.0, help="largest noise level drawn (default 5)")
-    parser.add_argument("--steps", type=int, default=6, help="sampler steps N (default 6)")
-    parser.add_argument("--curves", type=int, default=9, help="number of starting points (default 9)")
-    parser.add_argument("--rho", type=float, default=3.0,
-                        help="EDM time-step exponent ρ (default 3, which suits the short range σ ≤ 5)")
-    args = parser.parse_args(argv)
-    if not args.sigma_max > 0.002:
-        parser.error(f"--sigma-max must exceed sigma_min=0.002, got {args.sigma_max}")
-    paths = make_figures(args.out, sigma_max=args.sigma_max, num_steps=args.steps, num_curves=args.curves,
-                         rho=args.rho)
-    for path in paths:
-        print(path)
-    return paths
-
-
-if __name__ == "__main__":
-    main()

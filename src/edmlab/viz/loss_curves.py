@@ -1,7 +1,7 @@
 """EDM Fig. 5a: the training loss per noise level σ, from a run's CSV log (``csv/metrics.csv``).
 
 Training logs ``loss_per_sigma/<lo>-<hi>``: the per-pixel mean of λ(σ)·‖D(y + n; σ) − y‖² over the images whose σ
-fell in the bin since the previous log (``edmlab.lightning.module``), and with a learned weighting also
+fell in the bin since the previous log (``edmlab.training.module``), and with a learned weighting also
 ``learned_u/<lo>-<hi>``, its u(σ) at the bin's centre. A bin is drawn at the geometric mean of its edges (the two
 open-ended bins one half bin-ratio past their finite edge), on a log σ axis.
 
@@ -9,10 +9,9 @@ open-ended bins one half bin-ratio past their finite edge), on a log σ axis.
   mean per bin; later spans darker), and e^{u(σ)} dashed when the weighting is learned: ``<run>/loss_per_sigma.png``.
 - Several runs (e.g. the Table 2 ladder): one line per run, the last span of each.
 
-Commands: ``python -m edmlab.viz.loss_curves <run> [<run> …] [--out FILE] [--phases K]``; at the end of training
+Commands: ``python -m edmlab.cli.loss_curves <run> [<run> …] [--out FILE] [--phases K]``; at the end of training
 the FinalReport callback writes the one-run figure and sends it to W&B.
 """
-import argparse
 import csv
 import math
 from dataclasses import dataclass
@@ -179,27 +178,3 @@ def plot_runs(runs: list[str | Path], path: str | Path, phases: int = 4) -> Path
         ax.plot(bin_centers(log.edges), ys, "o-", color=colors(k % colors.N),
                 label=f"{run_label(log.run)} ({span_label(log.run, first, last)})")
     return _finish(plt, fig, ax, Path(path))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m edmlab.viz.loss_curves",
-                                     description="EDM Fig. 5a: loss per σ of training runs (their csv/metrics.csv).")
-    parser.add_argument("runs", nargs="+", help="run directories of src/train.py")
-    parser.add_argument("--out", default=None, help="the PNG (one run: <run>/loss_per_sigma.png; several: "
-                                                    "outputs/figures/loss_per_sigma.png)")
-    parser.add_argument("--phases", type=int, default=4, help="spans of training drawn (one run) / the last of")
-    args = parser.parse_args(argv)
-    if args.phases < 1:
-        parser.error(f"--phases={args.phases} must be >= 1")
-    try:
-        if len(args.runs) == 1:
-            path = plot_run(args.runs[0], args.out, args.phases)
-        else:
-            path = plot_runs(args.runs, args.out or "outputs/figures/loss_per_sigma.png", args.phases)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
-    print(path)
-
-
-if __name__ == "__main__":
-    main()
