@@ -1,17 +1,14 @@
 """The settings of an evaluation job (conf/eval.yaml): checked before anything runs, resolved (device, σ grid)
 and summarised for metrics.json."""
-import inspect
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edmlab.design.guidance import check_guidance
-from edmlab.sampling.sampler import sample
-from edmlab.sampling.planning import time_steps
+from edmlab.sampling.planning import sampler_keys
 from edmlab.evaluation.subject import bench_presets
 
 SAVE_MODES = ("grid", "png", "npz")
-NOT_SAMPLER_SETTINGS = {"denoiser", "latents", "generator", "callback", "class_labels"}
+SAMPLE_GUIDANCE = {"guide", "guidance", "guidance_interval", "guidance_interval_by"}  # of edmlab.sample itself
 
 
 def _is_int(value) -> bool:
@@ -47,7 +44,7 @@ def check_config(cfg: DictConfig) -> None:
          f"metrics.fd_dinov2.method={dino.get('method')!r}: choose sqrtm (NVlabs/edm2) or eigh")
     if cfg.guide is not None:
         check_guidance(cfg.guidance, cfg.guidance_interval, cfg.guidance_interval_by)
-    allowed = set(inspect.signature(sample).parameters) - NOT_SAMPLER_SETTINGS
+    allowed = sampler_keys() | SAMPLE_GUIDANCE
     unknown = sorted(set(cfg.sampler) - allowed)
     need(not unknown, f"sampler.{unknown[0] if unknown else ''} is not an argument of edmlab.sample; "
                       f"choose from {sorted(allowed)}")
@@ -63,12 +60,6 @@ def resolve_device(name: str) -> torch.device:
     need(device.type != "cuda" or torch.cuda.is_available(),
          f"device={name} but CUDA is not available here; use device=auto or device=cpu")
     return device
-
-
-def grid_kwargs(sampler_kwargs: dict, denoiser) -> dict:
-    """The arguments of ``time_steps`` among the sampler's."""
-    names = set(inspect.signature(time_steps).parameters) - {"num_steps", "denoiser"}
-    return {k: v for k, v in sampler_kwargs.items() if k in names} | {"denoiser": denoiser}
 
 
 def config_summary(cfg: DictConfig, **resolved) -> dict:

@@ -23,10 +23,10 @@ from edmlab.infra.distributed import Ranks, env_ranks, init_process_group, rank_
 from edmlab.sampling.generation import Drawn, draw
 from edmlab.design.guidance import GuidedDenoiser, guided_nfe
 from edmlab.evaluation.subject import load_guide
-from edmlab.sampling.planning import sigma_range, sigma_steps
+from edmlab.sampling.planning import plan, sampler_keys
 from edmlab.sampling.solvers import CountingDenoiser
 from edmlab.infra.threads import num_threads
-from edmlab.evaluation.config import check_config, config_summary, grid_kwargs, need, resolve_device
+from edmlab.evaluation.config import check_config, config_summary, need, resolve_device
 from edmlab.evaluation.outputs import log_to_wandb, save_picture, save_samples, write_json
 from edmlab.evaluation.reference import ode_error
 from edmlab.evaluation.scoring import DINOv2Scores, InceptionScores, check_references, dataset_scorer
@@ -63,11 +63,10 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
                                   or cfg.metrics.get("fd_dinov2", {}).get("enabled", False)),
          f"FID/KID/IS/precision-recall/FD-DINOv2 score images, but {cfg.ckpt} makes points; drop "
          f"metrics.fid.ref/kid/isc/prc and metrics.fd_dinov2.enabled")
-    levels = sigma_steps(sampler_kwargs["num_steps"], **grid_kwargs(sampler_kwargs, subject.denoiser))
+    todo = plan(denoiser=subject.denoiser, **{k: v for k, v in sampler_kwargs.items() if k in sampler_keys()})
+    levels = todo.sigmas
     sigma_start = float(levels[0])
-    lo, hi = ((float(levels[-2]), sigma_start) if sampler_kwargs["discretization"] == "custom" else
-              sigma_range(sampler_kwargs["discretization"], sampler_kwargs.get("sigma_min"),
-                          sampler_kwargs.get("sigma_max"), subject.denoiser, sampler_kwargs.get("epsilon_s", 1e-3)))
+    lo, hi = (float(levels[-2]), sigma_start) if sampler_kwargs["discretization"] == "custom" else todo.sigma_range
     with num_threads(None if subject.is_image else 1):  # points: thousands of tiny operations
         record, drawn = measure(cfg, subject, sampler_kwargs, sigma_start, ranks)
     if not ranks.is_zero:

@@ -10,10 +10,8 @@ from edmlab.design.discretizations import DISCRETIZATIONS, custom_sigmas, defaul
 from edmlab.design.registry import choose
 from edmlab.design.scalings import SCALINGS
 from edmlab.design.schedules import SCHEDULES
-from edmlab.sampling.solvers import ANY_FLOW, CALLS_PER_STEP, ORDER, SOLVERS, Churn, ProbabilityFlow, sigma_grid
-from edmlab.sampling.solvers.adaptive import check_tolerance
-from edmlab.sampling.solvers.calls import check_afs, check_final_step
-from edmlab.sampling.solvers.multistep import check_order
+from edmlab.sampling.solvers import OPTIONS, SOLVERS, Churn, ProbabilityFlow, Solver, sigma_grid
+from edmlab.sampling.solvers.calls import check_afs, check_final_step, identity
 
 # Arguments of ``edmlab.sample`` that do not change what it plans (a guided call is one call of the guided denoiser).
 SAMPLING_ONLY = ("generator", "callback", "class_labels", "guide", "guidance", "guidance_interval",
@@ -21,10 +19,11 @@ SAMPLING_ONLY = ("generator", "callback", "class_labels", "guide", "guidance", "
 
 
 def solver_calls(solver: str, num_steps: int, final_step: str = "euler", afs=None) -> int:
-    """Denoiser calls of a fixed-grid solver over N noise levels: c·(N − 1) steps between them (c = 2 for Heun,
-    1 otherwise), + 1 for a final step that calls D ("euler", "denoise"), − 1 with an analytic first step."""
-    return (CALLS_PER_STEP.get(solver, 1) * (num_steps - 1) + (check_final_step(final_step) != "none")
-            - (check_afs(afs) is not None))
+    """Denoiser calls of a fixed-grid solver over N noise levels: c·(N − 1) steps between them (c, the record's
+    calls_per_step: 2 for Heun), + 1 for a final step that calls D ("euler", "denoise"), − 1 with an analytic first
+    step."""
+    return (choose("solver", solver, SOLVERS).calls_per_step * (num_steps - 1)
+            + (check_final_step(final_step) != "none") - (check_afs(afs) is not None))
 
 
 def min_levels(solver: str, final_step: str, afs, order: int = 0) -> int:
@@ -34,7 +33,7 @@ def min_levels(solver: str, final_step: str, afs, order: int = 0) -> int:
 
 
 def _fit(solver: str, nfe: int, rules, afs, order: int):
-    per_step = CALLS_PER_STEP.get(solver, 1)
+    per_step = SOLVERS[solver].calls_per_step
     for rule in rules:
         steps, remainder = divmod(nfe - (rule != "none") + (check_afs(afs) is not None), per_step)
         if remainder == 0 and steps + 1 >= min_levels(solver, rule, afs, order):
@@ -51,7 +50,7 @@ def steps_for_nfe(solver: str, nfe: int, final_step: str | None, afs, order: int
     found = _fit(solver, nfe, rules, afs, order)
     if found:
         return found
-    per_step = CALLS_PER_STEP.get(solver, 1)
+    per_step = SOLVERS[solver].calls_per_step
     fits = [n for n in range(1, nfe + 2 * per_step + order + 4) if _fit(solver, n, rules, afs, order)]
     if fits and nfe < fits[0]:
         why = f"it needs at least nfe={fits[0]}" + (f" to take the {order} steps of order {order}" if order else "")
@@ -79,10 +78,6 @@ def nfe(solver: str = "heun", num_steps: int | None = None, **sampler_kwargs) ->
 EDM_NUM_STEPS = 18
 
 
-def _identity(sigma):
-    return sigma
-
-
 def sigma_range(discretization: str = "edm", sigma_min: float | None = None, sigma_max: float | None = None,
                 denoiser=None, epsilon_s: float = 1e-3) -> tuple[float, float]:
     """(σ_min, σ_max): the discretization's EDM default where None (vp: σ_vp(ε_s), σ_vp(1)), clamped to the
@@ -106,13 +101,11 @@ def make_flow(schedule: str = "linear", scaling: str = "none", sigma_min: float 
     return ProbabilityFlow(sched, choose("scaling", scaling, SCALINGS)(sched))
 
 
-def _validate(num_steps, rho, alpha, S_churn, S_noise):
+def _validate(num_steps, rho, S_churn, S_noise):
     if num_steps is not None and not (isinstance(num_steps, int) and num_steps >= 1):
         raise ValueError(f"num_steps must be an integer >= 1, got num_steps={num_steps!r}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0 (EDM uses 7), got rho={rho}")
-    if not 0 < alpha <= 1:
-        raise ValueError(f"alpha must lie in (0, 1] (1 is Heun), got alpha={alpha}")
     if not S_churn >= 0:
         raise ValueError(f"S_churn must be >= 0, got S_churn={S_churn}")
     if not S_noise >= 0:
@@ -120,9 +113,9 @@ def _validate(num_steps, rho, alpha, S_churn, S_noise):
 
 
 def _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-          denoiser, steps=None) -> tuple[ProbabilityFlow, torch.Tensor]:
-    """The ODE and the N + 1 times t_0 > … > t_{N−1} > t_N = 0 a sampler visits: t_i = σ⁻¹(round_sigma(σ_i)) for
-    the discretization's σ_i (``steps`` for custom), then 0 (float64)."""
+          denoiser, steps=None) -> tuple[ProbabilityFlow, torch.Tensor, tuple[float, float]]:
+    """The ODE, the N + 1 times t_0 > … > t_{N−1} > t_N = 0 a sampler visits: t_i = σ⁻¹(round_sigma(σ_i)) for
+    the discretization's σ_i (``steps`` for custom), then 0 (float64), and the σ range (σ_min, σ_max) used."""
     if discretization == "custom":
         sigmas, lo, hi = _custom_plan(steps, num_steps, sigma_min, sigma_max, denoiser)
     else:
@@ -132,9 +125,9 @@ def _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rh
         lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser, epsilon_s)
         sigmas = discretize(discretization, num_steps, lo, hi, rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
     flow = make_flow(schedule, scaling, lo, hi, epsilon_s)
-    round_sigma = getattr(denoiser, "round_sigma", _identity)
+    round_sigma = getattr(denoiser, "round_sigma", identity)
     t = flow.schedule.sigma_inv(torch.as_tensor(round_sigma(sigmas), dtype=torch.float64))
-    return flow, torch.cat([t, t.new_zeros(1)])
+    return flow, torch.cat([t, t.new_zeros(1)]), (lo, hi)
 
 
 def _custom_plan(steps, num_steps, sigma_min, sigma_max, denoiser):
@@ -155,7 +148,7 @@ def time_steps(num_steps: int | None = EDM_NUM_STEPS, *, discretization: str = "
                epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
                denoiser=None, steps=None) -> torch.Tensor:
     """The N + 1 times t_0 > … > t_N = 0 that ``sample`` visits with the same arguments (float64)."""
-    _validate(num_steps, rho, 1.0, 0.0, 1.0)
+    _validate(num_steps, rho, 0.0, 1.0)
     return _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
                  denoiser, steps=steps)[1]
 
@@ -165,65 +158,67 @@ def sigma_steps(num_steps: int | None = EDM_NUM_STEPS, *, discretization: str = 
                 epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
                 denoiser=None, steps=None) -> torch.Tensor:
     """σ(t_i) of ``time_steps`` (same arguments): e.g. the 18-step EDM grid 80, 57.59, …, 0.002, 0."""
-    _validate(num_steps, rho, 1.0, 0.0, 1.0)
-    flow, t = _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-                    denoiser, steps=steps)
+    _validate(num_steps, rho, 0.0, 1.0)
+    flow, t, _ = _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2,
+                       M, denoiser, steps=steps)
     return flow.schedule.sigma(t)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What ``sample`` will do: the solver, its ODE and grid (N levels, then t = 0), how it ends, and its exact
-    NFE (None for the adaptive solver, whose calls are counted as it runs)."""
+    """What ``sample`` will do: the solver's record, its ODE and grid (N levels, then t = 0; ``sigmas`` for a
+    σ-time solver), how it ends, its options, and its exact NFE (None for a solver that picks its own steps, whose
+    calls are counted as it runs)."""
 
-    solver: str
+    solver: Solver
     flow: ProbabilityFlow
     t_steps: torch.Tensor
     final_step: str
     nfe: int | None
     options: dict = field(default_factory=dict)
+    sigma_range: tuple = (None, None)   # (σ_min, σ_max) of the discretization, before round_sigma
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """σ(t_i) of the grid: σ_0 > … > σ_{N−1} > σ_N = 0."""
+        return self.flow.schedule.sigma(self.t_steps)
 
     @property
     def num_steps(self) -> int:
         return len(self.t_steps) - 1
 
-
-# Solver options of ``sample`` and the value at which each is switched off; a solver that does not take one
-# refuses any other value.
-NEUTRAL = {"alpha": 1.0, "churn": Churn(), "max_order": None, "rtol": None, "atol": None}
+    @property
+    def grid(self) -> tuple:
+        """The solver's grid arguments: (t_steps, flow) for one over any σ(t), s(t), else (σ_0, …, σ_N = 0)."""
+        return (self.t_steps, self.flow) if self.solver.any_flow else (sigma_grid(self.flow, self.t_steps,
+                                                                                  self.solver.name),)
 
 
 def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "linear", scaling: str = "none",
          num_steps: int | None = None, nfe: int | None = None, sigma_min: float | None = None,
-         sigma_max: float | None = None, rho: float = 7.0, alpha: float = 1.0, S_churn: float = 0.0,
-         S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0, max_order: int | None = None,
-         final_step: str | None = None, afs=None, rtol: float | None = None, atol: float | None = None,
+         sigma_max: float | None = None, rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
+         S_max: float = float("inf"), S_noise: float = 1.0, final_step: str | None = None, afs=None,
          epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, steps=None,
-         denoiser=None) -> Plan:
+         denoiser=None, **solver_options) -> Plan:
     """Check every sampler argument (a one-line ValueError naming a bad one) and resolve the grid: ``num_steps``
-    noise levels (None: 18, EDM), or the levels and final step that spend exactly ``nfe`` denoiser calls."""
-    solve = choose("solver", solver, SOLVERS)
-    _validate(num_steps, rho, alpha, S_churn, S_noise)
+    noise levels (None: 18, EDM), or the levels and final step that spend exactly ``nfe`` denoiser calls.
+    ``solver_options``: the options of ``edmlab.sampling.solvers.OPTIONS`` (alpha, max_order, rtol, atol), each
+    taken by the solvers whose record lists it."""
+    record = choose("solver", solver, SOLVERS)
+    _validate(num_steps, rho, S_churn, S_noise)
     if num_steps is not None and nfe is not None:
         raise ValueError(f"give num_steps or nfe, not both (got num_steps={num_steps}, nfe={nfe})")
     if final_step is not None:
         check_final_step(final_step)
     check_afs(afs)
-    options = _solver_options(solver, solve, dict(alpha=alpha, churn=Churn(S_churn, S_min, S_max, S_noise),
-                                                  max_order=max_order, rtol=rtol, atol=atol))
-    if options.get("max_order") is not None:
-        check_order(solver, options["max_order"])
-    for name in ("rtol", "atol"):
-        if options.get(name) is not None:
-            check_tolerance(name, options[name])
-    declared = inspect.signature(solve).parameters.get("max_order")
-    order = ORDER.get(solver) or options.get("max_order") or (declared.default if declared else 0)
-    if solver == "adaptive":
+    options = _solver_options(record, {**solver_options, "churn": Churn(S_churn, S_min, S_max, S_noise)})
+    order = options.get("max_order") or record.order
+    if not record.fixed_grid:
         fixed = {"num_steps": num_steps, "nfe": nfe, "discretization": "custom" if discretization == "custom" else None}
         fixed = ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None)
         if fixed:
-            raise ValueError(f"solver='adaptive' picks its own steps between sigma_max and sigma_min (the "
-                             f"discretization's range) from rtol/atol: drop {fixed}")
+            raise ValueError(f"solver={solver!r} picks its own steps between sigma_max and sigma_min (the "
+                             f"discretization's range) from {'/'.join(record.options)}: drop {fixed}")
         num_steps = 2
     elif nfe is not None:
         levels = len(custom_sigmas(steps)) if discretization == "custom" else None
@@ -232,29 +227,39 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
             raise ValueError(f"nfe={nfe} with solver={solver!r} needs {num_steps} noise levels, but the custom grid "
                              f"has {levels}: set nfe=null (the grid decides) or use a grid of {num_steps} levels")
         num_steps = None if levels is not None else num_steps
-    flow, t_steps = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1,
-                          C_2, M, denoiser, steps=steps)
+    flow, t_steps, sigma_range_used = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho,
+                                            epsilon_s, C_1, C_2, M, denoiser, steps=steps)
     final_step = final_step or "euler"
     levels = len(t_steps) - 1
-    if solver not in ANY_FLOW:
+    if not record.any_flow:
         sigma_grid(flow, t_steps, solver)
-    if solver != "adaptive" and levels < 1 + int(final_step == "none" or check_afs(afs) is not None):
+    if record.fixed_grid and levels < 1 + int(final_step == "none" or check_afs(afs) is not None):
         raise ValueError(f"num_steps={levels} is too few for final_step={final_step!r}, afs={afs!r}: they need at "
                          f"least one step between noise levels (num_steps >= 2)")
-    calls = None if solver == "adaptive" else solver_calls(solver, levels, final_step, afs)
-    return Plan(solver, flow, t_steps, final_step, calls, options | {"final_step": final_step, "afs": afs})
+    calls = solver_calls(solver, levels, final_step, afs) if record.fixed_grid else None
+    return Plan(record, flow, t_steps, final_step, calls, options | {"final_step": final_step, "afs": afs},
+                sigma_range_used)
 
 
-def _solver_options(solver: str, solve, given: dict) -> dict:
-    """The options ``solve`` takes; one it does not take must be at its neutral value (``NEUTRAL``)."""
-    takes = inspect.signature(solve).parameters
+def sampler_keys() -> set[str]:
+    """Every keyword a sampler config (``conf/sampler``, ``sampler.*``) may set: ``plan``'s and the solver options."""
+    named = set(inspect.signature(plan).parameters) - {"denoiser", "solver_options"}
+    return named | {name for name in OPTIONS if name != "churn"}
+
+
+def _solver_options(record: Solver, given: dict) -> dict:
+    """The options the solver's record lists, checked (None: its own default); any other must be off."""
     options = {}
     for name, value in given.items():
-        if name in takes:
+        if name not in OPTIONS:
+            raise ValueError(f"unknown sampler option {name}={value!r}: the solver options are "
+                             f"{', '.join(sorted(OPTIONS))}")
+        off, check = OPTIONS[name]
+        if name in record.options:
             if value is not None:
-                options[name] = value
-        elif value != NEUTRAL[name]:
-            users = sorted(s for s, f in SOLVERS.items() if name in inspect.signature(f).parameters)
+                options[name] = check(value, record)
+        elif value != off:
+            users = sorted(s.name for s in SOLVERS.values() if name in s.options)
             shown = "S_churn={}".format(value.S_churn) if name == "churn" else f"{name}={value}"
-            raise ValueError(f"{shown} does not apply to solver={solver!r}; it is an option of {', '.join(users)}")
+            raise ValueError(f"{shown} does not apply to solver={record.name!r}; it is an option of {', '.join(users)}")
     return options

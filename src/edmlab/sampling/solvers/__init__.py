@@ -1,32 +1,42 @@
-"""Solvers of EDM's probability-flow ODE, one plain function each in ``SOLVERS`` (``solver=`` option):
+"""Solvers of EDM's probability-flow ODE (``solver=`` option): one plain function and one ``Solver`` record each.
 
 - ``euler``, ``heun``: EDM's Algorithms 1–2 over any σ(t), s(t), with churn (``edm.py``);
-- ``ipndm``, ``ipndm_v``, ``deis``, ``dpmpp_2m``, ``dpmpp_3m``, ``unipc``: multistep, one call per step
+- ``ipndm``, ``ipndm_v``, ``deis``, ``dpmpp_2m``, ``dpmpp_3m``, ``unipc``: multistep in σ, one call per step
   (``multistep.py``);
 - ``adaptive``: embedded Bogacki–Shampine 3(2) with ``rtol``/``atol`` (``adaptive.py``).
 
-Every solver takes ``final_step`` and ``afs`` (``calls.py``); how many calls a configuration makes is planned in
-``edmlab.sampling.planning``.
+Every solver takes ``final_step`` and ``afs`` (``calls.py``); ``edmlab.sampling.planning`` turns a record and the
+sampler's arguments into the grid and the exact number of calls. Adding a solver: its function and record in one
+module, a line in ``SOLVERS``, and ``conf/solver/<name>.yaml`` (docs/adding-a-design-option.md).
 """
-from edmlab.sampling.solvers.adaptive import sample_adaptive
-from edmlab.sampling.solvers.calls import AFS, FINAL_STEPS, CountingDenoiser, DenoiserCalls
-from edmlab.sampling.solvers.edm import Denoiser, sample_euler, sample_heun
+from edmlab.sampling.solvers.adaptive import ADAPTIVE, check_tolerance, sample_adaptive
+from edmlab.sampling.solvers.calls import AFS, FINAL_STEPS, CountingDenoiser, DenoiserCalls, Solver
+from edmlab.sampling.solvers.edm import EULER, HEUN, Denoiser, sample_euler, sample_heun
 from edmlab.sampling.solvers.flow import Churn, FlowPoint, ProbabilityFlow, sigma_grid
-from edmlab.sampling.solvers.multistep import (sample_deis, sample_dpmpp_2m, sample_dpmpp_3m, sample_ipndm, sample_ipndm_v,
-                        sample_unipc)
+from edmlab.sampling.solvers.multistep import (DEIS, DPMPP_2M, DPMPP_3M, IPNDM, IPNDM_V, UNIPC, sample_deis,
+                                               sample_dpmpp_2m, sample_dpmpp_3m, sample_ipndm, sample_ipndm_v,
+                                               sample_unipc)
 
-SOLVERS = {
-    "euler": sample_euler, "heun": sample_heun, "ipndm": sample_ipndm, "ipndm_v": sample_ipndm_v,
-    "deis": sample_deis, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_3m": sample_dpmpp_3m, "unipc": sample_unipc,
-    "adaptive": sample_adaptive,
+SOLVERS = {s.name: s for s in (EULER, HEUN, IPNDM, IPNDM_V, DEIS, DPMPP_2M, DPMPP_3M, UNIPC, ADAPTIVE)}
+
+
+def _alpha(value, solver: Solver) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"alpha must lie in (0, 1] (1 is Heun), got alpha={value}")
+    return value
+
+
+# The solver options of ``edmlab.sample``: name → (the value at which it is off, its check given the solver's
+# record). A solver whose record does not list an option refuses any value but that one.
+OPTIONS = {
+    "alpha": (1.0, _alpha),
+    "churn": (Churn(), lambda value, solver: value),
+    "max_order": (None, lambda value, solver: solver.check_order(value)),
+    "rtol": (None, lambda value, solver: check_tolerance("rtol", value)),
+    "atol": (None, lambda value, solver: check_tolerance("atol", value)),
 }
-# Solvers over any σ(t), s(t); every other one integrates dx/dσ or dx/dλ itself (``sigma_grid``).
-ANY_FLOW = ("euler", "heun")
-# The order a multistep solver reaches once it has enough history (max_order where it has one).
-ORDER = {"dpmpp_2m": 2, "dpmpp_3m": 3}
-CALLS_PER_STEP = {"heun": 2}
 
-
-__all__ = ["SOLVERS", "ANY_FLOW", "ORDER", "CALLS_PER_STEP", "AFS", "FINAL_STEPS", "Churn", "FlowPoint",
-           "ProbabilityFlow", "DenoiserCalls", "CountingDenoiser", "Denoiser", "sigma_grid", "sample_euler", "sample_heun", "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m",
-           "sample_dpmpp_3m", "sample_unipc", "sample_adaptive"]
+__all__ = ["SOLVERS", "OPTIONS", "Solver", "AFS", "FINAL_STEPS", "Churn", "FlowPoint", "ProbabilityFlow",
+           "DenoiserCalls", "CountingDenoiser", "Denoiser", "sigma_grid", "sample_euler", "sample_heun",
+           "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc",
+           "sample_adaptive"]

@@ -3,8 +3,7 @@ import math
 
 import torch
 
-from edmlab.sampling.solvers.calls import check_afs, check_final_step
-from edmlab.sampling.solvers.flow import ProbabilityFlow, sigma_grid
+from edmlab.sampling.solvers.calls import DenoiserCalls, Solver, check_final_step, final_step_in_sigma
 
 # Bogacki–Shampine 3(2) (Bogacki & Shampine 1989; Hairer, Nørsett & Wanner I, Table II.5.x): nodes c, stages a,
 # 3rd-order weights b (first same as last), 2nd-order weights e.
@@ -20,7 +19,7 @@ def check_tolerance(name: str, value) -> float:
     return float(value)
 
 
-def sample_adaptive(denoiser, x, t_steps, flow: ProbabilityFlow, *, rtol: float = 1e-3, atol: float = 1e-3,
+def sample_adaptive(denoiser, x, sigmas, *, rtol: float = 1e-3, atol: float = 1e-3,
                     h_init: float = 0.2, final_step: str = "euler", afs=None, callback=None,
                     denoiser_kwargs=None) -> torch.Tensor:
     """Bogacki–Shampine 3(2) with FSAL on EDM's ODE in u = log σ, dx/du = x − D(x; e^u), from σ_max to σ_min
@@ -28,18 +27,14 @@ def sample_adaptive(denoiser, x, t_steps, flow: ProbabilityFlow, *, rtol: float 
     ‖(x₃ − x₂)/(atol + rtol·max(|x|, |x₃|))‖_rms ≤ 1, and the next step is h·clip(0.9·err^{−1/3}, 0.2, 5)
     (Hairer, Nørsett & Wanner I, Sec. II.4). Only the samples still running are passed to the denoiser, so a
     sample's result and its NFE (3 per tried step, plus the first and final calls) do not depend on its batch;
-    deciding which samples still run reads one flag per step from the device. schedule=linear, scaling=none. It
-    calls D between grid levels, so a denoiser's round_sigma (iDDPM's finite grid) is not applied to its steps."""
-    sigmas = sigma_grid(flow, t_steps, "adaptive")
+    deciding which samples still run reads one flag per step from the device. It calls D between grid levels, so a denoiser's round_sigma (iDDPM's finite grid) is not applied to its steps."""
+    sigmas = [float(s) for s in sigmas]
     x = x.clone()
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     h_init = check_tolerance("h_init", h_init)
     check_final_step(final_step)
-    afs = check_afs(afs)
-    kwargs = denoiser_kwargs or {}
-    sigma_data = getattr(denoiser, "sigma_data", None)
-    if afs == "gaussian" and sigma_data is None:
-        raise ValueError(f"afs='gaussian' needs the denoiser's sigma_data, and {type(denoiser).__name__} has none")
+    model = DenoiserCalls(denoiser, denoiser_kwargs, afs)
+    kwargs = model.kwargs
 
     def f(xs, us, rows):
         sigma = us.exp()
@@ -50,13 +45,7 @@ def sample_adaptive(denoiser, x, t_steps, flow: ProbabilityFlow, *, rtol: float 
     u_start, u_end = math.log(sigmas[0]), math.log(sigmas[-2])
     u = x.new_full((batch,), u_start)
     h = x.new_full((batch,), -h_init)
-    sigma0 = x.new_full((batch,), sigmas[0])
-    if afs == "zero":
-        k1 = x.clone()
-    elif afs == "gaussian":
-        k1 = x - (sigma_data**2 / (sigma0**2 + sigma_data**2)).view(view) * x
-    else:
-        k1 = f(x, u, slice(None))
+    k1 = x - model(x, sigmas[0], first=True) if model.afs else f(x, u, slice(None))
     for step in range(MAX_STEPS):
         rows = (u > u_end).nonzero()[:, 0]
         if len(rows) == 0:
@@ -82,8 +71,7 @@ def sample_adaptive(denoiser, x, t_steps, flow: ProbabilityFlow, *, rtol: float 
             callback(dict(i=step, sigma=us.exp(), accepted=accept, x=x, denoised=x3 - ks[-1]))
     else:
         raise RuntimeError(f"adaptive: {MAX_STEPS} steps did not reach sigma_min; raise rtol={rtol} or atol={atol}")
-    if final_step == "none":
-        return x
-    sigma = sigmas[-2]
-    denoised = denoiser(x, x.new_full((batch,), sigma), **kwargs).to(x.dtype)
-    return x + (0.0 - sigma) * ((x - denoised) / sigma) if final_step == "euler" else denoised
+    return final_step_in_sigma(model, x, sigmas[-2], final_step)[0]
+
+
+ADAPTIVE = Solver("adaptive", sample_adaptive, fixed_grid=False, options=("rtol", "atol"))

@@ -9,11 +9,55 @@ Sec. 3.3): the first call, at σ_max, is replaced by a large-σ limit of D, savi
   - ``"euler"``: EDM's last step, an Euler step to σ = 0 (one call; Algorithm 1 line 8 without correction);
   - ``"denoise"``: return D(x; σ_min) (one call; in σ-time the Euler step to 0 is this same value);
   - ``"none"``: stop at σ_min and return x (no call; the published few-step NFE counts).
+
+A solver is one function plus one ``Solver`` record of its facts (next to the function); ``plan`` and ``sample``
+read the record, never the function's signature.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 FINAL_STEPS = ("euler", "denoise", "none")
 AFS = {False: None, None: None, True: "zero", "zero": "zero", "gaussian": "gaussian", "none": None}
+
+
+def identity(value):
+    return value
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One row of the solver table (``solver=<name>``): its function and the facts ``plan`` and ``sample`` read.
+
+    ``solve(denoiser, x, sigmas, *, final_step, afs, callback, denoiser_kwargs, **options)`` integrates EDM's ODE
+    dx/dσ = (x − D(x; σ))/σ over σ_0 > … > σ_{N−1} > σ_N = 0 (floats); with ``any_flow`` it is
+    ``solve(denoiser, x, t_steps, flow, ...)`` over the times of any σ(t), s(t) (EDM Eq. 4)."""
+
+    name: str
+    solve: Callable
+    calls_per_step: int = 1        # denoiser calls per step between two noise levels
+    order: int = 0                 # a multistep solver's order once it has history (plan needs that many steps);
+    max_order: int | None = None   # the highest order ``max_order`` may set (None: not settable);   0: one-step
+    any_flow: bool = False         # over any σ(t), s(t); else σ-time only (schedule=linear, scaling=none)
+    fixed_grid: bool = True        # False: picks its own steps from a tolerance, its NFE counted as it runs
+    options: tuple = ()            # the names in ``OPTIONS`` it takes
+    needs: tuple = ()              # sampler facts passed to it: "round_sigma", "generator"
+
+    def check_order(self, max_order) -> int:
+        highest = self.max_order
+        if not (isinstance(max_order, int) and not isinstance(max_order, bool) and 1 <= max_order <= highest):
+            raise ValueError(f"solver={self.name!r} has orders 1…{highest}, got max_order={max_order!r}")
+        return max_order
+
+
+def final_step_in_sigma(model: "DenoiserCalls", x: torch.Tensor, sigma: float, final_step: str, first: bool = False):
+    """The end of a σ-time solver at σ_{N−1} = σ_min: x itself ("none"), D(x; σ_min) ("denoise"), or the Euler step
+    to σ = 0, x + (0 − σ)·(x − D)/σ ("euler"), and the D it used (None for "none")."""
+    if final_step == "none":
+        return x, None
+    denoised = model(x, sigma, first)
+    return (x + (0.0 - sigma) * ((x - denoised) / sigma) if final_step == "euler" else denoised), denoised
 
 
 def check_final_step(final_step) -> str:

@@ -11,14 +11,10 @@ from typing import Callable
 import torch
 
 from edmlab.sampling.rng import noise_like
-from edmlab.sampling.solvers.calls import DenoiserCalls, check_final_step
+from edmlab.sampling.solvers.calls import DenoiserCalls, Solver, check_final_step, identity
 from edmlab.sampling.solvers.flow import Churn, FlowPoint, ProbabilityFlow
 
 Denoiser = Callable[..., torch.Tensor]
-
-
-def _identity(sigma):
-    return sigma
 
 
 def _derivative(model: DenoiserCalls, x, point: FlowPoint, first: bool):
@@ -69,7 +65,7 @@ def _solve(denoiser, x, t_steps, flow: ProbabilityFlow, *, second_order: bool, a
 
 
 def sample_euler(denoiser: Denoiser, x: torch.Tensor, t_steps, flow: ProbabilityFlow, *, churn: Churn = Churn(),
-                 final_step: str = "euler", afs=None, round_sigma=_identity, generator=None, callback=None,
+                 final_step: str = "euler", afs=None, round_sigma=identity, generator=None, callback=None,
                  denoiser_kwargs=None) -> torch.Tensor:
     """Euler's method, 1st order: x_{i+1} = x̂_i + (t_{i+1} − t̂_i)·dx/dt(x̂_i, t̂_i) (EDM Algorithm 2 without the
     correction). Any schedule and scaling. NFE = N (final_step="euler"/"denoise"), N − 1 ("none"), −1 with afs."""
@@ -79,7 +75,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, t_steps, flow: Probability
 
 
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, t_steps, flow: ProbabilityFlow, *, alpha: float = 1.0,
-                churn: Churn = Churn(), final_step: str = "euler", afs=None, round_sigma=_identity, generator=None,
+                churn: Churn = Churn(), final_step: str = "euler", afs=None, round_sigma=identity, generator=None,
                 callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """EDM's 2nd-order α-family (Algorithm 1; Appendix D.2): an Euler trial step to t' = t̂ + αh, then
     x_{i+1} = x̂ + h[(1 − 1/(2α))·d_i + 1/(2α)·d'].  α = 1 is Heun's trapezoid rule, α = ½ the midpoint
@@ -88,3 +84,8 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, t_steps, flow: ProbabilityF
     return _solve(denoiser, x, t_steps, flow, second_order=True, alpha=alpha, churn=churn, final_step=final_step,
                   afs=afs, round_sigma=round_sigma, generator=generator, callback=callback,
                   denoiser_kwargs=denoiser_kwargs)
+
+
+EULER = Solver("euler", sample_euler, any_flow=True, options=("churn",), needs=("round_sigma", "generator"))
+HEUN = Solver("heun", sample_heun, calls_per_step=2, any_flow=True, options=("alpha", "churn"),
+              needs=("round_sigma", "generator"))

@@ -7,7 +7,7 @@ Each solver writes its update as coefficients computed on the host from the grid
 
 with m = D(x; σ) (data prediction) or m = ε = (x − D)/σ = dx/dσ, so the loop is tensor arithmetic only: no
 per-step host sync. Order rises 1, 2, … from the first step as history accumulates. All of them integrate in σ
-(or λ = −log σ) themselves, so they are invariant to σ(t), s(t): schedule=linear scaling=none only.
+(or λ = −log σ) themselves, so they are invariant to σ(t), s(t): they take the noise levels σ_0 > … > σ_N = 0.
 """
 import math
 from collections import deque
@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from edmlab.design.schedules import VPSchedule
-from edmlab.sampling.solvers.calls import DenoiserCalls, check_final_step
-from edmlab.sampling.solvers.flow import ProbabilityFlow, sigma_grid
+from edmlab.sampling.solvers.calls import DenoiserCalls, Solver, check_final_step, final_step_in_sigma, identity
 
 
 @dataclass(frozen=True)
@@ -53,11 +52,7 @@ def _run(denoiser, x, sigmas: list[float], steps: list[Step], eps_form: bool, fi
     if final_step == "none":
         return x
     sigma = sigmas[len(steps)]
-    denoised = model(x, sigma, first=not steps)
-    if final_step == "euler":
-        x = x + (0.0 - sigma) * ((x - denoised) / sigma)
-    else:
-        x = denoised
+    x, denoised = final_step_in_sigma(model, x, sigma, final_step, first=not steps)
     if callback is not None:
         callback(dict(i=len(steps), sigma=sigma, sigma_next=0.0, x=x, denoised=denoised))
     return x
@@ -70,19 +65,8 @@ def _combine(a: float, x, coefficients, history):
     return out
 
 
-# The highest order of each solver that takes ``max_order``.
-MAX_ORDER = {"ipndm": 4, "ipndm_v": 4, "deis": 3, "unipc": 3}
-
-
-def check_order(solver: str, max_order) -> int:
-    highest = MAX_ORDER[solver]
-    if not (isinstance(max_order, int) and not isinstance(max_order, bool) and 1 <= max_order <= highest):
-        raise ValueError(f"solver={solver!r} has orders 1…{highest}, got max_order={max_order!r}")
-    return max_order
-
-
-def _levels(flow, t_steps, solver):
-    sigmas = sigma_grid(flow, t_steps, solver)
+def _levels(sigmas):
+    sigmas = [float(s) for s in sigmas]
     return sigmas, len(sigmas) - 2  # steps between the N levels; the last level to σ = 0 is the final step
 
 
@@ -91,14 +75,14 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def sample_ipndm(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int = 4, final_step: str = "euler",
+def sample_ipndm(denoiser, x, sigmas, *, max_order: int = 4, final_step: str = "euler",
                  afs=None, callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """iPNDM (Zhang & Chen 2023, DEIS paper Sec. 5 / App. "improved PNDM"; Zhou et al. 2024's EDM version):
     Adams–Bashforth with the equal-step coefficients on dx/dσ = ε = (x − D)/σ, order min(i + 1, max_order) ≤ 4:
     x_{i+1} = x_i + (σ_{i+1} − σ_i)·Σ_j β_j^{(k)} ε_{i−j}. On an unequal grid (EDM's ρ = 7) the fixed coefficients
-    make it 2nd order asymptotically; ``ipndm_v`` has the variable-step ones. schedule=linear, scaling=none."""
-    sigmas, n = _levels(flow, t_steps, "ipndm")
-    order = check_order("ipndm", max_order)
+    make it 2nd order asymptotically; ``ipndm_v`` has the variable-step ones."""
+    sigmas, n = _levels(sigmas)
+    order = IPNDM.check_order(max_order)
     steps = [Step(1.0, tuple((sigmas[i + 1] - sigmas[i]) * c for c in ADAMS_BASHFORTH[min(i + 1, order)]))
              for i in range(n)]
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
@@ -126,20 +110,16 @@ def _lagrange_integrals(nodes, lo: float, hi: float, warp) -> tuple:
     return tuple(out)
 
 
-def _identity(sigma):
-    return sigma
-
-
-def sample_ipndm_v(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int = 4, final_step: str = "euler",
+def sample_ipndm_v(denoiser, x, sigmas, *, max_order: int = 4, final_step: str = "euler",
                    afs=None, callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """iPNDM with variable-step coefficients (Zhou et al. 2024, "iPNDM_v"): Adams–Bashforth on dx/dσ whose
     weights integrate the Lagrange polynomial through the last k = min(i + 1, max_order) ≤ 4 points (σ_{i−j}, ε_{i−j}):
     x_{i+1} = x_i + Σ_j ε_{i−j}·∫_{σ_i}^{σ_{i+1}} ℓ_j(σ) dσ (Hairer, Nørsett & Wanner I, Eq. III.5.3). Order k on
-    any grid. schedule=linear, scaling=none."""
-    sigmas, n = _levels(flow, t_steps, "ipndm_v")
-    order = check_order("ipndm_v", max_order)
+    any grid."""
+    sigmas, n = _levels(sigmas)
+    order = IPNDM_V.check_order(max_order)
     steps = [Step(1.0, _lagrange_integrals([sigmas[i - j] for j in range(min(i + 1, order))], sigmas[i],
-                                           sigmas[i + 1], _identity)) for i in range(n)]
+                                           sigmas[i + 1], identity)) for i in range(n)]
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
 
 
@@ -148,14 +128,14 @@ def deis_time(sigma):
     return VPSchedule().sigma_inv(torch.as_tensor(sigma, dtype=torch.float64)).numpy()
 
 
-def sample_deis(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int = 3, final_step: str = "euler",
+def sample_deis(denoiser, x, sigmas, *, max_order: int = 3, final_step: str = "euler",
                 afs=None, callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """DEIS, tAB variant (Zhang & Chen 2023, Eq. 14): ε is extrapolated by the Lagrange polynomial in the VP time
     t(σ) (``deis_time``) through the last k = min(i + 1, max_order) ≤ 3 points, and the
     exponential integrator of EDM's ODE (σ(t) = t: x_{i+1} = x_i + ∫ ε dσ) integrates it exactly:
-    x_{i+1} = x_i + Σ_j ε_{i−j}·∫_{t_i}^{t_{i+1}} σ'(τ)·ℓ_j(τ) dτ. schedule=linear, scaling=none."""
-    sigmas, n = _levels(flow, t_steps, "deis")
-    order = check_order("deis", max_order)
+    x_{i+1} = x_i + Σ_j ε_{i−j}·∫_{t_i}^{t_{i+1}} σ'(τ)·ℓ_j(τ) dτ."""
+    sigmas, n = _levels(sigmas)
+    order = DEIS.check_order(max_order)
     steps = [Step(1.0, _lagrange_integrals([deis_time(sigmas[i - j]) for j in range(min(i + 1, order))],
                                            sigmas[i], sigmas[i + 1], deis_time)) for i in range(n)]
     return _run(denoiser, x, sigmas, steps, True, final_step, afs, callback, denoiser_kwargs)
@@ -195,19 +175,19 @@ def _dpmpp_steps(sigmas: list[float], n: int, order: int) -> list[Step]:
     return steps
 
 
-def sample_dpmpp_2m(denoiser, x, t_steps, flow: ProbabilityFlow, *, final_step: str = "euler", afs=None,
+def sample_dpmpp_2m(denoiser, x, sigmas, *, final_step: str = "euler", afs=None,
                     callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2; ``_dpmpp_steps``): 2nd order, the first step 1st order.
-    schedule=linear, scaling=none (an exponential integrator in λ = −log σ)."""
-    sigmas, n = _levels(flow, t_steps, "dpmpp_2m")
+    An exponential integrator in λ = −log σ."""
+    sigmas, n = _levels(sigmas)
     return _run(denoiser, x, sigmas, _dpmpp_steps(sigmas, n, 2), False, final_step, afs, callback, denoiser_kwargs)
 
 
-def sample_dpmpp_3m(denoiser, x, t_steps, flow: ProbabilityFlow, *, final_step: str = "euler", afs=None,
+def sample_dpmpp_3m(denoiser, x, sigmas, *, final_step: str = "euler", afs=None,
                     callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022b, App. B, multistep third-order update; ``_dpmpp_steps``): 3rd order
-    after a 1st- and a 2M step. schedule=linear, scaling=none."""
-    sigmas, n = _levels(flow, t_steps, "dpmpp_3m")
+    after a 1st- and a 2M step."""
+    sigmas, n = _levels(sigmas)
     return _run(denoiser, x, sigmas, _dpmpp_steps(sigmas, n, 3), False, final_step, afs, callback, denoiser_kwargs)
 
 
@@ -251,12 +231,20 @@ def _unipc_steps(sigmas: list[float], n: int, order: int) -> list[Step]:
     return steps
 
 
-def sample_unipc(denoiser, x, t_steps, flow: ProbabilityFlow, *, max_order: int = 3, final_step: str = "euler",
+def sample_unipc(denoiser, x, sigmas, *, max_order: int = 3, final_step: str = "euler",
                  afs=None, callback=None, denoiser_kwargs=None) -> torch.Tensor:
     """UniPC-bh2 (Zhao et al. 2023; ``_unipc_steps``): predictor of order k = min(i + 1, max_order) ≤ 3 and the
     corrector UniC raising it by one, at no extra call (the corrector's D at the predicted point is the next
-    step's history); the last step is not corrected (as UniPC). schedule=linear, scaling=none."""
-    sigmas, n = _levels(flow, t_steps, "unipc")
-    order = check_order("unipc", max_order)
+    step's history); the last step is not corrected (as UniPC)."""
+    sigmas, n = _levels(sigmas)
+    order = UNIPC.check_order(max_order)
     return _run(denoiser, x, sigmas, _unipc_steps(sigmas, n, order), False, final_step, afs, callback,
                 denoiser_kwargs)
+
+
+IPNDM = Solver("ipndm", sample_ipndm, order=4, max_order=4, options=("max_order",))
+IPNDM_V = Solver("ipndm_v", sample_ipndm_v, order=4, max_order=4, options=("max_order",))
+DEIS = Solver("deis", sample_deis, order=3, max_order=3, options=("max_order",))
+DPMPP_2M = Solver("dpmpp_2m", sample_dpmpp_2m, order=2)
+DPMPP_3M = Solver("dpmpp_3m", sample_dpmpp_3m, order=3)
+UNIPC = Solver("unipc", sample_unipc, order=3, max_order=3, options=("max_order",))
