@@ -1,8 +1,10 @@
-"""Seeds as a sweep axis (edmlab.evaluation.sweep, edmlab.evaluation.sweep_mean): mean ± standard error over seeds per override combination
-with n, failed seeds kept out of the mean and counted, evaluation jobs carrying their training run's overrides, and
-runs of different data sets refused. The job directories are written by hand here, as Hydra and the entry points
-lay them out (metrics.json, .hydra/overrides.yaml, a training run's config.yaml); the real commands run in
-tests/test_study.py."""
+"""The sweep report (edmlab.evaluation.sweep and its sweep_jobs, sweep_tables, sweep_plots, sweep_mean): the pivot of
+the swept axes that leads sweep.md (cells mean ± s.e. over seeds with n, the real-data floor row), the plots of the
+swept axes only, the csv's column order; seeds as a sweep axis: mean ± standard error over seeds per override
+combination with n, failed seeds kept out of the mean and counted, evaluation jobs carrying their training run's
+overrides, and runs of different data sets refused. The job directories are written by hand here, as Hydra and the
+entry points lay them out (metrics.json, .hydra/overrides.yaml, a training run's config.yaml); the real commands
+run in tests/test_eval.py and tests/test_study.py."""
 import csv
 import json
 import math
@@ -12,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from edmlab.evaluation.sweep import SweepReport, read_jobs, write_report
-from edmlab.evaluation.sweep_mean import standard_error
+from edmlab.evaluation.sweep_mean import mean_se_text, standard_error
 
 DIGITS = {"data": {"dataset": {"_target_": "edmlab.data.DigitsDataset", "split": "train"}}}
 MIXTURE = {"data": {"dataset": {"_target_": "edmlab.data.PointsDataset", "preset": "ring8", "n": 8192}}}
@@ -69,7 +71,7 @@ def test_training_sweep_over_seeds_gives_mean_and_se_per_combination_and_keeps_f
     assert float(mean["vp"]["digits_fd_mean"]) == pytest.approx(12.0, rel=1e-12)
     assert float(mean["vp"]["digits_fd_se"]) == pytest.approx(2.0, rel=1e-12)
     table = (sweep / "sweep_mean.md").read_text()
-    assert "| edm | 4 | 0 | 2.5 ± 0.65 |" in table and "| vp | 2 | 1 | 12 ± 2 |" in table
+    assert "| edm | 4 | 0 | 2.50 ± 0.65 |" in table and "| vp | 2 | 1 | 12.0 ± 2.0 |" in table
     assert (sweep / "digits_fd_mean.png").is_file()
 
 
@@ -141,3 +143,132 @@ def test_jobs_are_read_with_their_seed_and_quoted_paths(tmp_path):
     job_dir(tmp_path / "eval", 0, [f"ckpt='{run / 'network.pt'}'"], {"digits_fd": 2.0})
     (job,) = read_jobs(tmp_path / "eval")
     assert job.run_dir == run and job.overrides["seed"] == "3" and job.dataset == "DigitsDataset"
+
+
+def test_mean_and_standard_error_are_printed_to_the_standard_errors_two_digits():
+    assert mean_se_text(2.5, math.sqrt(5 / 3) / 2) == "2.50 ± 0.65"  # s.e. 0.6455
+    assert mean_se_text(12.0, 2.0) == "12.0 ± 2.0"
+    assert mean_se_text(1234.5, 151.0) == "1230 ± 150"
+    assert mean_se_text(0.012341, 0.00041) == "0.01234 ± 0.00041"
+    assert mean_se_text(3.0, None) == "3" and mean_se_text(7.25, math.nan) == "7.25"
+
+
+def section(markdown: str, title: str) -> list[str]:
+    """The table lines of the section of ``markdown`` that starts at ``## <title>``."""
+    lines = markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    return [line for line in lines if line.startswith("|")]
+
+
+def solver_steps_sweep(root: Path) -> Path:
+    """solver × sampler.num_steps × 3 seeds, digits FD by hand, the floor 1.25 recorded by every job; heun at 4
+    steps loses its third seed."""
+    fds = {("euler", 4): [2.0, 2.5, 4.0], ("euler", 8): [1.5, 1.5, 1.8], ("heun", 4): [1.75, 2.25, None],
+           ("heun", 8): [1.25, 1.5, 1.5]}
+    nfe = {("euler", 4): 4, ("euler", 8): 8, ("heun", 4): 7, ("heun", 8): 15}
+    num = 0
+    for (solver, steps), values in fds.items():
+        for seed, fd in enumerate(values):
+            record = None if fd is None else {"status": "ok", "digits_fd": fd, "nfe": nfe[solver, steps],
+                                              "floor": {"digits_floor_fd": 1.25, "digits_floor_recall": 0.5}}
+            job_dir(root, num, ["ckpt=bench:none", f"solver={solver}", f"sampler.num_steps={steps}",
+                                f"seeds={1000 * seed}"], record)
+            num += 1
+    return root
+
+
+def test_sweep_md_leads_with_the_pivot_of_the_swept_axes_with_mean_se_n_and_the_floor(tmp_path):
+    sweep = solver_steps_sweep(tmp_path / "sweep")
+    write_report(sweep, plots=False)
+    text = (sweep / "sweep.md").read_text()
+    assert text.index("## digits_fd by solver × sampler.num_steps") < text.index("## NFE per cell") < \
+        text.index("## Jobs")
+    # euler, 4: 2, 2.5, 4 → mean 17/6 = 2.833, s² = (0.694 + 0.111 + 1.361)/2 = 1.0833, s.e. = √(1.0833/3) = 0.601
+    # euler, 8: 1.5, 1.5, 1.8 → mean 1.6, s² = (0.01 + 0.01 + 0.04)/2 = 0.03, s.e. = 0.1
+    # heun, 4: 1.75, 2.25 (one failed) → mean 2, s = √0.125, s.e. = 0.25
+    # heun, 8: 1.25, 1.5, 1.5 → mean 1.4167, s² = (0.0278 + 0.0069 + 0.0069)/2 = 0.02083, s.e. = 0.0833
+    assert section(text, "digits_fd by solver × sampler.num_steps") == [
+        "| solver \\ sampler.num_steps | 4 | 8 |",
+        "|---|---:|---:|",
+        "| euler | 2.83 ± 0.60 (n=3) | 1.60 ± 0.10 (n=3) |",
+        "| heun | 2.00 ± 0.25 (n=2, 1 failed) | 1.417 ± 0.083 (n=3) |",
+        "| real data (floor) | 1.25 | 1.25 |"]
+    assert "mean ± standard error over seeds (n per cell)" in text and "digits_floor_fd in metrics.json" in text
+    assert section(text, "NFE per cell")[2:] == ["| euler | 4 | 8 |", "| heun | 7 | 15 |"]
+    assert len(section(text, "Jobs")) == 2 + 12
+    mean = (sweep / "sweep_mean.md").read_text()
+    assert section(mean, "digits_fd by solver × sampler.num_steps") == \
+        section(text, "digits_fd by solver × sampler.num_steps")
+
+
+def test_one_axis_is_rows_three_axes_are_row_combinations_and_no_floor_without_one(tmp_path):
+    one = tmp_path / "one"
+    job_dir(one, 0, ["solver=heun"], {"mixture_ode_error": 0.5, "nfe": 35})
+    job_dir(one, 1, ["solver=euler"], {"mixture_ode_error": 0.25, "nfe": 18})
+    job_dir(one, 2, ["solver=dpm2"], {"status": "failed", "error": "boom"})
+    write_report(one, plots=False)
+    text = (one / "sweep.md").read_text()
+    assert section(text, "mixture_ode_error by solver") == [
+        "| solver | mixture_ode_error |", "|---|---:|", "| heun | 0.5 |", "| euler | 0.25 |", "| dpm2 | failed |"]
+    assert "Each cell: one job." in text and "floor" not in text
+
+    three = tmp_path / "three"
+    num = 0
+    for precond in ("vp", "edm"):
+        for solver in ("euler", "heun"):
+            for steps in (8, 4, 16):  # numeric values sorted by value, not in sweep order
+                if (precond, solver, steps) != ("vp", "heun", 16):
+                    job_dir(three, num, [f"preconditioning={precond}", f"solver={solver}",
+                                         f"sampler.num_steps={steps}"], {"mixture_ode_error": num + 0.5, "nfe": 9})
+                num += 1
+    write_report(three, plots=False)
+    assert section((three / "sweep.md").read_text(), "mixture_ode_error by preconditioning × solver × "
+                                                     "sampler.num_steps") == [
+        "| preconditioning | solver \\ sampler.num_steps | 4 | 8 | 16 |",
+        "|---|---|---:|---:|---:|",
+        "| vp | euler | 1.5 | 0.5 | 2.5 |",
+        "| vp | heun | 4.5 | 3.5 | — |",
+        "| edm | euler | 7.5 | 6.5 | 8.5 |",
+        "| edm | heun | 10.5 | 9.5 | 11.5 |"]
+
+
+def test_a_plot_per_numeric_swept_axis_only(tmp_path):
+    solvers = tmp_path / "solvers"  # NFE differs (8 vs 15), but num_steps was not swept: no NFE plot
+    job_dir(solvers, 0, ["solver=euler", "sampler.num_steps=8"], {"digits_fd": 3.0, "nfe": 8})
+    job_dir(solvers, 1, ["solver=heun", "sampler.num_steps=8"], {"digits_fd": 2.0, "nfe": 15})
+    write_report(solvers)
+    assert sorted(p.name for p in solvers.glob("*.png")) == []
+
+    grid = tmp_path / "grid"
+    num = 0
+    for rho in ("3", "7"):
+        for steps in (4, 8):
+            for churn in ("0", "10"):
+                job_dir(grid, num, [f"sampler.rho={rho}", f"sampler.num_steps={steps}", f"sampler.S_churn={churn}",
+                                    "solver=heun"], {"digits_fd": 1.0 + num, "nfe": 2 * steps - 1})
+                num += 1
+    write_report(grid)
+    assert sorted(p.name for p in grid.glob("*.png")) == ["digits_fd_vs_S_churn.png", "digits_fd_vs_nfe.png",
+                                                          "digits_fd_vs_rho.png"]
+
+
+def test_csv_columns_put_the_axes_first_and_sigma_bins_in_numeric_order(tmp_path):
+    sweep = tmp_path / "sweep"
+    bins = ["loss_per_sigma/0.002-0.3", "loss_per_sigma/0.3-2", "loss_per_sigma/10-80", "loss_per_sigma/2-10",
+            "loss_per_sigma/80-inf"]  # as strings sort them (Lightning's CSVLogger writes them so)
+    for num, seed in enumerate((0, 1)):
+        record = {"step": 100, "kimg": 12.8, "train_sec": 5.0, "sample_sec": 1.0, "num_samples": 8, "nfe": 35,
+                  "train_loss": 0.3, **{b: float(k) for k, b in enumerate(bins)}, "digits_fd": 20.0 + seed,
+                  "digits_precision": 0.5, "floor": {"digits_floor_fd": 12.0, "digits_floor_precision": 0.9}}
+        job_dir(sweep, num, ["duration_kimg=12.8", f"seed={seed}"], record, DIGITS)
+    write_report(sweep, plots=False)
+    with open(sweep / "sweep.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header == ["job", "seed", "duration_kimg", "digits_fd", "train_loss", "loss_per_sigma/0.002-0.3",
+                      "loss_per_sigma/0.3-2", "loss_per_sigma/2-10", "loss_per_sigma/10-80", "loss_per_sigma/80-inf",
+                      "digits_precision", "digits_floor_fd", "digits_floor_precision", "num_samples", "step", "kimg",
+                      "train_sec", "sample_sec", "nfe", "status", "error"]
+    # the seeds alone vary: one row of all jobs, with the floor
+    text = (sweep / "sweep.md").read_text()
+    assert section(text, "digits_fd by seed") == ["|  | digits_fd |", "|---|---:|", "| all jobs | 20.50 ± 0.50 |",
+                                                  "| real data (floor) | 12 |"]
+    assert "n = 2 per cell" in text

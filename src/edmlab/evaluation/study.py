@@ -8,7 +8,9 @@ mean ± standard error over seeds.
 2. ``src/eval.py -m ckpt=<each run that finished> <evaluation overrides>`` into ``DIR/eval``; every evaluation job
    carries its run's training overrides (``edmlab.evaluation.sweep``), so the seeds of training are the repeat axis;
 3. ``DIR/study.csv`` / ``study.md`` (one row per run, training failures included as failed rows) and
-   ``DIR/study_mean.csv`` / ``study_mean.md`` / ``<metric>_mean.png`` (mean ± s.e. over seeds with n per row).
+   ``DIR/study_mean.csv`` / ``study_mean.md`` / ``<metric>_mean.png`` (mean ± s.e. over seeds with n per row); both
+   markdown files lead with the pivot of the swept axes, mean ± s.e. over seeds per cell and the real-data floor
+   as a last row (``edmlab.evaluation.sweep_tables``).
 
 A run that fails to train or to evaluate is a failed row and the others are kept; the command then exits 1.
 Runs of different data sets are not averaged: the study stops with an error naming both (exit 2).
@@ -18,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edmlab.evaluation.sweep import Job, columns, drop_columns, fixed_overrides, markdown, mean_markdown_table, parse_override, \
-    read_jobs, write_report
+from edmlab.evaluation.sweep import write_report
+from edmlab.evaluation.sweep_jobs import Job, parse_override, read_jobs
 
 SRC = Path(__file__).resolve().parents[2]
 
@@ -68,10 +70,6 @@ def study(train: list[str], evaluate: list[str], directory: Path, jobs: int = 1)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    fixed = fixed_overrides(report.jobs)
-    print(markdown(*drop_columns(report.header, report.table, fixed)))
-    if report.mean_table:
-        print(markdown(*mean_markdown_table(*drop_columns(report.mean_header, report.mean_table, fixed),
-                                            columns(report.jobs)[1])))
+    print(report.text())
     print(f"study report: {directory / 'study.md'} ({len(report.jobs)} runs, {len(report.failed)} failed)")
     return 1 if report.failed else 0

@@ -39,6 +39,26 @@ def group_overrides(job) -> dict[str, str]:
             if k not in SEED_KEYS + LAUNCH_KEYS and not (k == "ckpt" and job.run_overrides)}
 
 
+def swept_axes(jobs) -> list[str]:
+    """The keys of ``group_overrides`` that take two or more values among the jobs (a key some jobs lack counts
+    its absence as a value), in order of first appearance: the axes of a sweep's table, without the seeds."""
+    keys = dict.fromkeys(k for j in jobs for k in group_overrides(j))
+    return [k for k in keys if len({group_overrides(j).get(k) for j in jobs}) > 1]
+
+
+def mean_se_text(mean: float, se: float | None) -> str:
+    """"mean ± s.e." as a paper prints it: the s.e. to two significant digits and the mean to the same decimal
+    place (2.5, 0.6455 → "2.50 ± 0.65"); the mean alone, to four significant digits, without an s.e."""
+    if se is None or not math.isfinite(se):
+        return f"{mean:.4g}"
+    if se == 0:
+        return f"{mean:.4g} ± 0"
+    places = 1 - math.floor(math.log10(se))
+    if places <= 0:
+        return f"{round(mean, places):.0f} ± {round(se, places):.0f}"
+    return f"{mean:.{places}f} ± {se:.{places}f}"
+
+
 def check_one_dataset(jobs) -> None:
     """Raise ValueError when the trained runs of ``jobs`` come from more than one data set."""
     seen: dict[str, Path] = {}
@@ -106,34 +126,6 @@ def mean_markdown_table(header: list[str], table: list[list], metrics: list[str]
         cells = row[:first]
         for k in range(len(metrics)):
             mean, se = row[first + 2 * k], row[first + 2 * k + 1]
-            cells.append("" if mean is None else f"{mean:.4g}" + ("" if se is None else f" ± {se:.2g}"))
+            cells.append("" if mean is None else mean_se_text(mean, se))
         out.append(cells)
     return out_header, out
-
-
-def plot_groups(found: list[Group], metric: str, path: Path) -> Path | None:
-    """``metric`` mean ± s.e. per group (one point with its error bar per override combination, n in the label);
-    None when no group has a value."""
-    points = [(g, g.mean(metric), g.se(metric)) for g in found]
-    points = [(g, m, 0.0 if s is None or math.isnan(s) else s) for g, m, s in points if m is not None]
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    varying = [k for k in dict.fromkeys(k for g, _, _ in points for k in g.overrides)
-               if len({g.overrides.get(k) for g, _, _ in points}) > 1]
-    labels = [", ".join(f"{k}={g.overrides.get(k)}" for k in varying) + f" (n={len(g.values(metric))})"
-              for g, _, _ in points]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(points) + 2), 4), dpi=110)
-    xs = list(range(len(points)))
-    ax.errorbar(xs, [m for _, m, _ in points], yerr=[s for _, _, s in points], fmt="o", capsize=4)
-    ax.set_xticks(xs, labels, rotation=30 if len(points) > 3 else 0, ha="right" if len(points) > 3 else "center",
-                  fontsize=8)
-    ax.set_ylabel(f"{metric} (mean ± s.e. over seeds)")
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
