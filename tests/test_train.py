@@ -9,6 +9,7 @@ import torch
 from conftest import CONF, TINY, compose, run_script, with_overrides
 
 import edmlab
+from omegaconf import OmegaConf
 from edmlab.training.callbacks import FinalReport
 from edmlab.training.ema import ema_beta
 from edmlab.training.run import ConfigError, build, model_spec
@@ -57,12 +58,12 @@ def instantiate_model(cfg):
 def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
     assert options(group), group
     for option in options(group):
-        extra = ["data=mixture"] if (group, option) == ("network", "mlp") else []
+        extra = {("network", "mlp"): ["data=mixture"],
+                 ("discretization", "custom"): ["sampler.steps=[80,10,1,0.1,0.002]"]}.get((group, option), [])
         cfg = compose("train", [f"{group}={option}", *extra], tmp_path)
         module = instantiate_model(cfg)
         assert module.net.sigma_min < module.net.sigma_max
-        edmlab.sampling.planning._validate(cfg.sampler.num_steps, cfg.sampler.rho, cfg.sampler.alpha, cfg.sampler.S_churn,
-                                  cfg.sampler.S_noise)
+        edmlab.plan(denoiser=module.net, **OmegaConf.to_container(cfg.sampler, resolve=True))
 
 
 # Parameter counts of NVlabs/edm's published configurations (edm-nvlabs.md §7.3), preconditioning included.

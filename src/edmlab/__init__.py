@@ -5,11 +5,13 @@ from edmlab.data.mixture import GaussianMixture
 from edmlab.design.discretizations import (DEFAULT_SIGMA_RANGE, discretize, edm_sigmas, iddpm_grid, iddpm_sigmas,
                                            ve_sigmas, vp_sigmas)
 from edmlab.design.loss import DenoisingLoss, LossOutput
-from edmlab.design.loss_weighting import EDMWeighting, InverseVariance
-from edmlab.design.preconditioning import EDM2Precond, EDMPrecond, Precond, VEPrecond, VPPrecond, iDDPMPrecond
-from edmlab.design.scalings import NoScaling, VPScaling
-from edmlab.design.schedules import LinearSchedule, VESchedule, VPSchedule
-from edmlab.design.training_noise import EDMNoise, VENoise, VPNoise
+from edmlab.design.loss_weighting import EDMWeighting, FlowWeighting, InverseVariance
+from edmlab.design.preconditioning import (EDM2Precond, EDMPrecond, FlowPrecond, Precond, VEPrecond, VPPrecond,
+                                           iDDPMPrecond)
+from edmlab.design.scalings import FlowScaling, NoScaling, VPScaling
+from edmlab.design.schedules import FlowSchedule, LinearSchedule, VESchedule, VPSchedule
+from edmlab.design.training_noise import (EDMNoise, LogitNormalNoise, ModeNoise, UniformTNoise, VENoise,
+                                           VPNoise)
 from edmlab.io.network_file import load, save_network
 from edmlab.sampling.planning import Plan, make_flow, nfe, plan, sigma_range, sigma_steps, time_steps
 from edmlab.sampling.rng import SeedStreams
@@ -20,7 +22,8 @@ from edmlab.sampling.solvers import (SOLVERS, Churn, CountingDenoiser, Probabili
 
 __all__ = [
     "sample", "load", "save_network", "GaussianMixture", "time_steps", "sigma_steps", "sigma_range", "make_flow",
-    "SeedStreams", "LinearSchedule", "VESchedule", "VPSchedule", "NoScaling", "VPScaling",
+    "SeedStreams", "LinearSchedule", "VESchedule", "VPSchedule", "FlowSchedule", "NoScaling", "VPScaling",
+    "FlowScaling", "FlowPrecond", "FlowWeighting", "LogitNormalNoise", "ModeNoise", "UniformTNoise",
     "discretize", "edm_sigmas", "ve_sigmas", "vp_sigmas", "iddpm_sigmas", "iddpm_grid",
     "Precond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "EDM2Precond", "DenoisingLoss", "LossOutput",
     "VPNoise", "VENoise", "EDMNoise", "InverseVariance", "EDMWeighting", "DEFAULT_SIGMA_RANGE",

@@ -31,6 +31,14 @@ class EDMWeighting(LossWeighting):
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
 
+class FlowWeighting(LossWeighting):
+    """λ(σ) = (1 + σ)²/σ² = 1/t² = 1/c_out(σ)² of ``FlowPrecond``: EDM's loss λ(σ)·‖D − y‖² becomes flow
+    matching's ‖F − (ε − x₀)‖² (Lipman et al. 2023; SD3's L_CFM)."""
+
+    def __call__(self, sigma):
+        return (1 + sigma) ** 2 / sigma**2
+
+
 class LearnedWeighting(nn.Module, LossWeighting):
     """EDM2's uncertainty-based weighting (Eq. 21, after Kendall et al. 2018): the per-pixel loss
     λ(σ)/e^{u(σ)}·(D − y)² + u(σ), whose minimum over u is at e^{u(σ)} = E[λ(σ)·(D − y)²], so the effective weight

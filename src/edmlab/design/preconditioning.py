@@ -76,6 +76,26 @@ class VEPrecond(Precond):
         return torch.ones_like(sigma), sigma, torch.ones_like(sigma), (0.5 * sigma).log()
 
 
+class FlowPrecond(Precond):
+    """Rectified flow's velocity parametrisation (Liu et al. 2022; Lipman et al. 2023; SD3, Esser et al. 2024) as
+    EDM's Eq. 7: F predicts v = ε − x₀ from x_t = (1 − t)·x₀ + t·ε at c_noise = t.
+
+    Derivation: with t = σ/(1 + σ) and x_t = x/(1 + σ) for EDM's unscaled x = x₀ + σ·ε, x_t = x₀ + t·(ε − x₀), so
+    x₀ = x_t − t·v, i.e. D(x; σ) = x/(1 + σ) − σ/(1 + σ)·F(x/(1 + σ); t):
+        c_skip = 1/(1 + σ),  c_out = −σ/(1 + σ),  c_in = 1/(1 + σ),  c_noise = σ/(1 + σ) = t.
+    F's effective target (y − c_skip·x)/c_out is ε − x₀ = v. With λ(σ) = 1/c_out² (``FlowWeighting``) EDM's loss is
+    the flow-matching loss ‖F − v‖². diffusers and SD3 feed the timestep 1000·t: ``c_noise_scale=1000``."""
+
+    def __init__(self, model, c_noise_scale: float = 1.0, sigma_min=0.0, sigma_max=math.inf, label_dim=None):
+        super().__init__(model, label_dim)
+        self.c_noise_scale = float(c_noise_scale)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def coefficients(self, sigma):
+        t = sigma / (1 + sigma)
+        return 1 - t, -t, 1 - t, self.c_noise_scale * t
+
+
 class iDDPMPrecond(Precond):
     """Improved DDPM (Nichol & Dhariwal 2021): c_skip = 1, c_out = −σ, c_in = 1/√(σ² + 1),
     c_noise = M − 1 − argmin_j |u_j − σ|; σ snaps to the nearest u_j, supported from u_{M−1} to u_0.

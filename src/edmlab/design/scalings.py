@@ -44,4 +44,15 @@ class VPScaling(Scaling):
         return -self.schedule.sigma(t) * self.schedule.sigma_deriv(t) * self.s(t) ** 3
 
 
-SCALINGS = {"none": NoScaling, "vp": VPScaling}
+class FlowScaling(Scaling):
+    """s(t) = 1/(1 + σ(t)), s'(t) = −σ'(t)·s(t)²: with σ(t) = t/(1 − t) (``FlowSchedule``) s(t) = 1 − t, so the
+    sampler's state is flow matching's x_t = (1 − t)·x₀ + t·ε."""
+
+    def s(self, t):
+        return 1 / (1 + self.schedule.sigma(t))
+
+    def s_deriv(self, t):
+        return -self.schedule.sigma_deriv(t) * self.s(t).square()
+
+
+SCALINGS = {"none": NoScaling, "vp": VPScaling, "flow": FlowScaling}

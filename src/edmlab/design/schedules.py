@@ -110,4 +110,21 @@ class VPSchedule(Schedule):
         return f"VPSchedule(beta_d={self.beta_d:.6g}, beta_min={self.beta_min:.6g})"
 
 
-SCHEDULES = {"linear": LinearSchedule, "ve": VESchedule, "vp": VPSchedule}
+class FlowSchedule(Schedule):
+    """σ(t) = t/(1 − t) on t ∈ (0, 1): rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2023; SD3),
+    whose x_t = (1 − t)·x₀ + t·ε is s(t)·(x₀ + σ(t)·ε) with s(t) = 1 − t (``FlowScaling``).
+    σ'(t) = 1/(1 − t)²,  σ⁻¹(σ) = σ/(1 + σ);  logit t = ln σ."""
+
+    def sigma(self, t):
+        t = _as_tensor(t)
+        return t / (1 - t)
+
+    def sigma_deriv(self, t):
+        return 1 / (1 - _as_tensor(t)).square()
+
+    def sigma_inv(self, sigma):
+        sigma = _as_tensor(sigma)
+        return sigma / (1 + sigma)
+
+
+SCHEDULES = {"linear": LinearSchedule, "ve": VESchedule, "vp": VPSchedule, "flow": FlowSchedule}

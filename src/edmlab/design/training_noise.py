@@ -37,6 +37,56 @@ class VENoise(NoiseDistribution):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** u
 
 
+def _t_range(t_min: float, t_max: float) -> tuple[float, float]:
+    if not 0 < t_min < t_max < 1:
+        raise ValueError(f"need 0 < t_min < t_max < 1 (σ = t/(1 − t) is 0 and ∞ at the ends), got t_min={t_min}, "
+                         f"t_max={t_max}")
+    return float(t_min), float(t_max)
+
+
+class LogitNormalNoise(NoiseDistribution):
+    """SD3's rf/lognorm(m, s) (Esser et al. 2024, Sec. 3.1): logit t ~ N(m, s²), σ = t/(1 − t). Since
+    logit t = ln σ, this is EDM's lognormal p_train with P_mean = m, P_std = s; σ is drawn as exp(u), which is
+    exact where sigmoid(u) would round to 1. Defaults m = 0, s = 1 (SD3's best)."""
+
+    def __init__(self, m: float = 0.0, s: float = 1.0):
+        if not s > 0:
+            raise ValueError(f"noise_distribution.s must be > 0, got s={s}")
+        self.m, self.s = float(m), float(s)
+
+    def sample(self, n, generator=None, device="cpu"):
+        return (torch.randn(n, generator=generator, device=device) * self.s + self.m).exp()
+
+
+class ModeNoise(NoiseDistribution):
+    """SD3's rf/mode(scale) (Sec. 3.1, "mode sampling with heavy tails"): u ~ U(0, 1),
+    t = 1 − u − scale·(cos²(πu/2) − 1 + u), σ = t/(1 − t), with t kept in [t_min, t_max]. Monotone for
+    −1 ≤ scale ≤ 2/(π − 2); 0 is uniform in t, diffusers' default 1.29."""
+
+    def __init__(self, scale: float = 1.29, t_min: float = 1e-4, t_max: float = 1 - 1e-4):
+        if not -1 <= scale <= 2 / (math.pi - 2):
+            raise ValueError(f"noise_distribution.scale={scale} must lie in [-1, 2/(π − 2) ≈ 1.752] (a monotone map)")
+        self.scale, (self.t_min, self.t_max) = float(scale), _t_range(t_min, t_max)
+
+    def sample(self, n, generator=None, device="cpu"):
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+        t = 1 - u - self.scale * (torch.cos(math.pi / 2 * u).square() - 1 + u)
+        t = t.clamp(self.t_min, self.t_max)
+        return (t / (1 - t)).to(torch.float32)
+
+
+class UniformTNoise(NoiseDistribution):
+    """Rectified flow's t ~ U(t_min, t_max) (Liu et al. 2022), σ = t/(1 − t): p_train(σ) = 1/(1 + σ)² inside."""
+
+    def __init__(self, t_min: float = 1e-4, t_max: float = 1 - 1e-4):
+        self.t_min, self.t_max = _t_range(t_min, t_max)
+
+    def sample(self, n, generator=None, device="cpu"):
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+        t = self.t_min + (self.t_max - self.t_min) * u
+        return (t / (1 - t)).to(torch.float32)
+
+
 class EDMNoise(NoiseDistribution):
     """ln σ ~ N(P_mean, P_std²), EDM's defaults P_mean = −1.2, P_std = 1.2."""
 

@@ -11,7 +11,7 @@ import importlib
 FILE_TARGETS = {
     "network": ("edmlab.nets.SongUNet", "edmlab.nets.DhariwalUNet", "edmlab.nets.MLP", "edmlab.nets.EDM2UNet"),
     "preconditioning": ("edmlab.EDMPrecond", "edmlab.VPPrecond", "edmlab.VEPrecond", "edmlab.iDDPMPrecond",
-                        "edmlab.EDM2Precond"),
+                        "edmlab.EDM2Precond", "edmlab.FlowPrecond"),
     "data set": ("edmlab.data.DigitsDataset", "edmlab.data.PointsDataset"),
 }
 # The names files written before the layered package give the same classes.
