@@ -22,18 +22,29 @@ from edmlab.infra.spec import build
 from edmlab.io.network_file import build_denoiser
 from edmlab.sampling.generation import draw
 from edmlab.design.loss import DenoisingLoss
-from edmlab.design.lr_schedules import learning_rate
-from edmlab.io.snapshots import carry_snapshots
-from edmlab.training.ema import PowerEMA, build_ema
+from edmlab.design.lr_schedules import EDMSchedule
+from edmlab.training.ema import RunFiles
 
 SIGMA_BINS = torch.logspace(math.log10(0.002), math.log10(80.0), 9)
+
+
+def build_group(group: str, spec: dict, **extra):
+    """``build`` of the ``_target_`` spec of config group ``group``. A ``kind:`` spec (the form of edmlab's configs and
+    checkpoints before the ema and lr_schedule options named their class) is refused in one line."""
+    if "_target_" not in spec:
+        kind = spec.get("kind")
+        raise ValueError(f"{group}={spec} names no _target_: {group}.kind={kind!r} is the form written before the "
+                         f"{group} options named their class; give it the _target_ of conf/{group}/{kind}.yaml, or "
+                         f"train (and resume) with src/train.py {group}={kind}")
+    return build(spec, **extra)
 
 
 class EDMModule(L.LightningModule):
     """``model``: {network, network_kwargs, preconditioning} specs (``_target_`` dicts); ``noise_distribution``,
     ``loss_weighting`` and ``augment`` likewise (augment may be None); ``optim``: lr, betas, eps, lr_rampup_kimg;
-    ``ema``: the ``ema`` group (kind traditional: halflife_kimg, rampup_ratio; kind power: stds, snapshot_kimg,
-    snapshot_dir); ``lr_schedule``: the ``lr_schedule`` group (None: EDM's ramp-up from ``optim``);
+    ``ema``: the ``ema`` group's spec (``edmlab.training.ema``, built with ``net=`` the network);
+    ``lr_schedule``: the ``lr_schedule`` group's spec (``edmlab.design.lr_schedules``; None: EDM's ramp-up from
+    ``optim``);
     ``sampler``: keyword arguments of ``edmlab.sample`` for previews;
     ``batch_size``: the global batch (images per optimizer step over all devices).
 
@@ -51,7 +62,7 @@ class EDMModule(L.LightningModule):
         self.net = build_denoiser(model)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.ema_tracker = build_ema(self.net, ema)
+        self.ema_tracker = build_group("ema", ema, net=self.net)
         self.ema = self.ema_tracker.averages[0]  # previews and network.pt; with ema=power the first std's EMA
         if len(self.ema_tracker.averages) > 1:
             self.ema_others = torch.nn.ModuleList(self.ema_tracker.averages[1:])
@@ -59,6 +70,8 @@ class EDMModule(L.LightningModule):
         if isinstance(self.loss_fn.weighting, torch.nn.Module):
             self.loss_weighting = self.loss_fn.weighting  # learned u(σ): trained with the net, saved in checkpoints
         self.augment_pipe = build(augment) if augment else None
+        self.lr_schedule = (build_group("lr_schedule", lr_schedule) if lr_schedule else
+                            EDMSchedule(optim["lr"], optim.get("lr_rampup_kimg", 10000)))
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         # Σ per-pixel loss and image count, per σ bin since the last log (columns 0…9) and over the micro-batches of
@@ -73,6 +86,11 @@ class EDMModule(L.LightningModule):
         which puts CPU tensors in shared memory, and the ranks would then add into (and zero) one tensor at once."""
         self._sums = torch.zeros_like(self._sums, device=self.device)
         self._first_nonfinite = torch.tensor([-1.0, 0.0], device=self.device)
+        self.ema_tracker.at_start(self.cur_nimg, self._run_files())
+
+    def _run_files(self) -> RunFiles | None:
+        """What the EMA tracker's files carry, in the process that writes the run's files (rank 0), else None."""
+        return RunFiles(dict(self.hparams.model), self.hparams.config) if self.trainer.is_global_zero else None
 
     def setup(self, stage: str):
         if stage == "fit" and self.hparams.compile and not getattr(self, "_compiled", False):
@@ -184,10 +202,7 @@ class EDMModule(L.LightningModule):
 
     def learning_rate(self, cur_nimg: int) -> float:
         """α(cur_nimg) of the ``lr_schedule`` (``edmlab.design.lr_schedules``); by default EDM's ramp-up from ``optim``."""
-        o = self.hparams.optim
-        schedule = self.hparams.get("lr_schedule") or {"kind": "edm", "lr": o["lr"],
-                                                        "rampup_kimg": o.get("lr_rampup_kimg", 10000)}
-        return learning_rate(cur_nimg, schedule)
+        return self.lr_schedule(cur_nimg)
 
     def on_before_optimizer_step(self, optimizer):
         for p in (p for group in optimizer.param_groups for p in group["params"]):  # the net and a learned u(σ)
@@ -200,31 +215,24 @@ class EDMModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step(closure=optimizer_closure)
-        self.ema_tracker.update(cur_nimg, self.batch_size)
-        if isinstance(self.ema_tracker, PowerEMA) and self.ema_tracker.snapshot_due(cur_nimg, self.batch_size):
-            self._snapshot(cur_nimg + self.batch_size)
+        self.ema_tracker.after_step(cur_nimg, self.batch_size, self._run_files())
         self.log_dict({"train/lr": lr, "train/kimg": (cur_nimg + self.batch_size) / 1000}, on_step=True, on_epoch=False)
 
-    def _snapshot(self, nimg: int):
-        if self.trainer.is_global_zero:
-            self.ema_tracker.snapshot(nimg, dict(self.hparams.model), self.hparams.config)
-
     def on_train_end(self):
-        if isinstance(self.ema_tracker, PowerEMA):
-            self._snapshot(self.cur_nimg)
+        self.ema_tracker.at_end(self.cur_nimg, self._run_files())
 
     def _run(self) -> dict:
         """What a resumed run must share with the checkpoint: the schedules, data order and draws follow from the
-        batch and the seeds; the saved averages mean what they mean only under the same EMA kind and stds."""
+        batch and the seeds; the saved averages mean what they mean only under the same EMA kind and stds, which the
+        tracker describes."""
         config = self.hparams.config or {}
-        ema = self.hparams.ema or {}
+        ema = self.ema_tracker.describe()
         return {"batch_size": self.batch_size, "seed": self.seed, "data.seed": (config.get("data") or {}).get("seed"),
-                "ema.kind": ema.get("kind", "traditional"),
-                "ema.stds": [float(s) for s in ema["stds"]] if ema.get("stds") is not None else None}
+                "ema.kind": ema["kind"], "ema.stds": ema["stds"]}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["edmlab"] = {"model": self.hparams.model, "config": self.hparams.config,
-                                "run": {**self._run(), "cur_nimg": self.cur_nimg}}
+                                "run": {**self._run(), "cur_nimg": self.cur_nimg}, "ema": self.ema_tracker.state_dict()}
 
     def check_resume(self, checkpoint: dict, path="the checkpoint") -> None:
         """Refuse a checkpoint whose saved state this run would misread, naming both values: another model, batch
@@ -249,9 +257,7 @@ class EDMModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.check_resume(checkpoint)
-        if isinstance(self.ema_tracker, PowerEMA) and self.trainer.is_global_zero:
-            carry_snapshots(checkpoint.get("hyper_parameters", {}).get("ema", {}).get("snapshot_dir") or "",
-                            self.ema_tracker.snapshot_dir, checkpoint["global_step"] * self.batch_size)
+        self.ema_tracker.load_state_dict(saved_tracker_state(checkpoint))
 
     @torch.no_grad()
     def generate(self, seeds, use_ema: bool = True, batch: int | None = None, **overrides) -> torch.Tensor:
@@ -261,3 +267,16 @@ class EDMModule(L.LightningModule):
         return draw(denoiser, tuple(self.hparams.model.get("shape") or ()), seeds, batch=batch or len(seeds),
                     sampler_kwargs={**self.hparams.sampler, **overrides}, device=self.device,
                     label_dim=getattr(denoiser, "label_dim", 0)).samples
+
+
+def saved_tracker_state(checkpoint: dict) -> dict:
+    """The EMA tracker's ``state_dict`` in a checkpoint; for one written before trackers saved theirs, the same keys
+    from its run record (``ema.kind``, ``ema.stds``) and its ``ema`` hyperparameters (``snapshot_dir``)."""
+    edmlab = checkpoint.get("edmlab") or {}
+    if "ema" in edmlab:
+        return edmlab["ema"]
+    hparams = (checkpoint.get("hyper_parameters") or {}).get("ema") or {}
+    state = {k.removeprefix("ema."): v for k, v in (edmlab.get("run") or {}).items() if k.startswith("ema.")}
+    if "snapshot_dir" in hparams:
+        state["snapshot_dir"] = hparams["snapshot_dir"]
+    return state
