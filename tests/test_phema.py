@@ -4,14 +4,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_by_key, compose, with_overrides
+from conftest import CONF, assert_close_by_key, compose, with_overrides
+from omegaconf import OmegaConf
 from scipy import integrate
 
 import edmlab
 from edmlab.design import phema
 from edmlab.io import snapshots
 from edmlab.cli import phema as phema_cli
-from edmlab.training.ema import PowerEMA, TraditionalEMA, ema_beta
+from edmlab.infra.spec import build
+from edmlab.training.ema import PowerEMA, RunFiles, TraditionalEMA, ema_beta
+from edmlab.training.module import build_group
 
 
 @pytest.mark.parametrize("std", [0.001, 0.01, 0.05, 0.1, 0.2, 0.28])
@@ -83,6 +86,74 @@ def test_traditional_ema_object_keeps_edm_numbers():
         tracker.update(k * 16, 16)
     for a, b in zip(tracker.averages[0].parameters(), by_hand):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "ema").glob("*.yaml")))
+def test_each_option_builds_its_tracker_with_the_yaml_values(option, tmp_path):
+    """``build`` of conf/ema/<option>.yaml with ``net=``: the yaml's class holding the yaml's values, one average
+    per std (one for the half-life EMA), each a frozen copy of the network."""
+    cfg = compose("train", [f"ema={option}"], tmp_path)
+    spec = OmegaConf.to_container(cfg.ema, resolve=True)
+    net = torch.nn.Linear(3, 2)
+    tracker = build(spec, net=net)
+    assert f"{type(tracker).__module__}.{type(tracker).__name__}" == spec.pop("_target_")
+    assert {key: getattr(tracker, key) for key in spec} == spec
+    assert tracker.describe() == {"kind": option, "stds": spec.get("stds")}
+    assert len(tracker.averages) == len(spec.get("stds", [None]))
+    for average in tracker.averages:
+        assert average is not net and not any(p.requires_grad for p in average.parameters())
+        assert_close_by_key(average.state_dict(), net.state_dict(), rtol=0, atol=0)
+    if option == "power":
+        assert spec["snapshot_dir"] == f"{tmp_path}/phema" and spec["stds"] == [0.05, 0.10]
+
+
+def test_a_kind_spec_of_earlier_configs_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^ema=\{'kind': 'power', 'stds': \[0.05\]\} names no _target_: "
+                                         r"ema.kind='power' is the form written before the ema options named their "
+                                         r"class; give it the _target_ of conf/ema/power.yaml, or train \(and "
+                                         r"resume\) with src/train.py ema=power$"):
+        build_group("ema", {"kind": "power", "stds": [0.05]}, net=torch.nn.Linear(2, 2))
+
+
+def test_tracker_state_is_checked_on_load():
+    """A tracker loads the state of the same kind and stds (or an older checkpoint's, without those keys) and refuses
+    another's, naming both values; a power tracker remembers where the earlier run's snapshots are."""
+    net = torch.nn.Linear(2, 2)
+    power, traditional = PowerEMA(net, stds=[0.05, 0.10], snapshot_dir="/run/a/phema"), TraditionalEMA(net)
+    assert power.state_dict() == {"kind": "power", "stds": [0.05, 0.10], "snapshot_dir": "/run/a/phema"}
+    assert traditional.state_dict() == {"kind": "traditional", "stds": None}
+    resumed = PowerEMA(net, stds=[0.05, 0.10], snapshot_dir="/run/b/phema")
+    resumed.load_state_dict(power.state_dict())
+    assert resumed.earlier_snapshot_dir == "/run/a/phema"
+    traditional.load_state_dict(TraditionalEMA(net, halflife_kimg=500).state_dict())
+    traditional.load_state_dict({})
+    with pytest.raises(ValueError, match=r"^the saved EMAs have ema.stds=\[0.05, 0.1\], this run ema.stds=\[0.05, "
+                                         r"0.2\]: resume with ema.stds=\[0.05, 0.1\], or start a new run$"):
+        PowerEMA(net, stds=[0.05, 0.2]).load_state_dict(power.state_dict())
+    with pytest.raises(ValueError, match=r"^the saved EMAs have ema.kind=power, this run ema.kind=traditional"):
+        traditional.load_state_dict(power.state_dict())
+
+
+def test_power_ema_hooks_write_snapshots_only_where_given_the_run_files(tmp_path):
+    """after_step writes a snapshot at each multiple of snapshot_kimg crossed, at_end one at the end; a process
+    without the run's files (files=None: not rank 0) writes none but averages alike."""
+    net = torch.nn.Linear(2, 2)
+    writer = PowerEMA(net, stds=[0.10], snapshot_kimg=0.048, snapshot_dir=tmp_path / "rank0")
+    other = PowerEMA(net, stds=[0.10], snapshot_kimg=0.048, snapshot_dir=tmp_path / "rank1")
+    files = RunFiles({"spec": 1}, {"seed": 0})
+    for k in range(7):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        writer.after_step(k * 32, 32, files)
+        other.after_step(k * 32, 32, None)
+    writer.at_end(7 * 32, files)
+    other.at_end(7 * 32, None)
+    written = sorted((tmp_path / "rank0").glob("snapshot-*.pt"))
+    assert [int(f.stem.split("-")[1]) for f in written] == [64, 96, 160, 192, 224]
+    assert not (tmp_path / "rank1").exists()
+    assert_close_by_key(writer.averages[0].state_dict(), other.averages[0].state_dict(), rtol=0, atol=0)
+    last = snapshots.read_snapshot(written[-1])
+    assert (last["model"], last["config"], last["stds"]) == ({"spec": 1}, {"seed": 0}, [0.10])
 
 
 def test_reconstructing_a_tracked_std_from_the_others():
