@@ -1,10 +1,12 @@
 """Resume: ``2N steps == N steps + resume + N steps`` exactly (weights, EMA, every optimizer state entry, the step
-count), with and without gradient accumulation; a checkpoint of another model, batch size or seed is refused.
+count), with and without gradient accumulation; a checkpoint of another model, batch size or seed is refused; a
+checkpoint written before the ema and lr_schedule options named their class resumes as a current one.
 The 2-process (DDP) resume is in test_distributed.py."""
 import pytest
 import torch
 from conftest import TINY, assert_close_by_key, compose, with_overrides
 
+from edmlab.training.module import saved_tracker_state
 from edmlab.training.run import build
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -55,3 +57,39 @@ def test_resume_with_another_model_batch_size_or_seed_is_refused(override, match
     with pytest.raises(ValueError, match=match):
         fit(tmp_path, ["duration_kimg=0.256", override, f"ckpt_path={first_run}"], "b")
     assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+def as_written_before_targets(checkpoint: dict) -> dict:
+    """A checkpoint as edmlab wrote it before the ema and lr_schedule options named their class: ``kind:`` specs in
+    its hyperparameters and config, and no tracker state (its run record holds ema.kind and ema.stds)."""
+    kinds = {"TraditionalEMA": "traditional", "PowerEMA": "power", "EDMSchedule": "edm", "EDM2Schedule": "edm2"}
+
+    def earlier(spec):
+        spec = dict(spec)
+        return {"kind": kinds[spec.pop("_target_").rsplit(".", 1)[-1]], **spec}
+
+    hparams, edmlab = checkpoint["hyper_parameters"], checkpoint["edmlab"]
+    for holder in {id(h): h for h in (hparams, hparams["config"], edmlab["config"])}.values():  # the configs are one
+        for group in ("ema", "lr_schedule"):
+            holder[group] = earlier(holder[group])
+    del edmlab["ema"]
+    return checkpoint
+
+
+@pytest.mark.parametrize("ema", [["lr_schedule=edm2", "lr_schedule.ref_kimg=0.1"],
+                                 ["ema=power", "ema.snapshot_kimg=0.032"]], ids=["traditional", "power"])
+def test_checkpoint_of_kind_configs_resumes_as_a_current_one(ema, tmp_path):
+    """The same weights, EMAs, optimizer state and (ema=power) snapshots as a resume of the checkpoint as written now;
+    its tracker state comes from the run record and the saved ema.snapshot_dir."""
+    first = fit(tmp_path, ema + ["duration_kimg=0.064"], "first")
+    checkpoint = load(first)
+    assert checkpoint["edmlab"]["ema"] == saved_tracker_state(as_written_before_targets(load(first)))
+    torch.save(as_written_before_targets(checkpoint), tmp_path / "earlier.ckpt")
+    resumed = {name: load(fit(tmp_path, ema + ["duration_kimg=0.128", f"ckpt_path={ckpt}"], name))
+               for name, ckpt in (("current", first), ("earlier", tmp_path / "earlier.ckpt"))}
+    assert resumed["current"]["global_step"] == resumed["earlier"]["global_step"] == 4
+    for key in ("state_dict", "optimizer_states"):
+        assert_close_by_key(resumed["current"][key], resumed["earlier"][key], key, rtol=0, atol=0)
+    if "ema=power" in ema:
+        names = [sorted(f.name for f in (tmp_path / name / "phema").glob("snapshot-*.pt")) for name in resumed]
+        assert names[0] == names[1] == [f"snapshot-{n:012d}.pt" for n in (32, 64, 96, 128)]
