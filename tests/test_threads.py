@@ -1,0 +1,43 @@
+"""Each process takes its share of the cores it really has (affinity, cgroup quota, parallel jobs), and a user's
+OMP_NUM_THREADS wins."""
+import os
+
+import pytest
+import torch
+
+from edmlab.infra import threads
+
+
+def test_a_cgroup_quota_caps_the_affinity(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("100000 100000\n")
+    assert threads.available_cores(quota) == 1
+    quota.write_text("max 100000\n")
+    assert threads.available_cores(quota) == affinity
+    assert threads.available_cores(tmp_path / "absent") == affinity
+
+
+@pytest.mark.parametrize("cores, jobs, expected", [(2, 1, 2), (2, 2, 1), (2, 3, 1), (16, 4, 4), (16, 3, 5)])
+def test_parallel_jobs_split_the_cores(cores, jobs, expected, monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    assert threads.thread_share(jobs, environ={}) == expected
+
+
+def test_omp_num_threads_wins_and_a_bad_one_is_named(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 16)
+    assert threads.thread_share(4, environ={"OMP_NUM_THREADS": "3"}) == 3
+    with pytest.raises(ValueError, match=r"OMP_NUM_THREADS='two' must be a positive integer"):
+        threads.thread_share(1, environ={"OMP_NUM_THREADS": "two"})
+    with pytest.raises(ValueError, match=r"parallel jobs must be an integer >= 1, got 0"):
+        threads.thread_share(0, environ={})
+
+
+def test_share_threads_sets_torch_and_refuses_zero():
+    before = torch.get_num_threads()
+    try:
+        assert threads.share_threads(1) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match=r"threads=0 must be >= 1"):
+            threads.share_threads(0)
+    finally:
+        torch.set_num_threads(before)
