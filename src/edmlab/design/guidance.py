@@ -28,11 +28,9 @@ import math
 
 import torch
 
+from edmlab.infra.checks import is_int
+
 INTERVAL_BY = ("sigma", "step")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_guidance(guidance: float, interval=None, by: str = "sigma") -> tuple[float, float]:
@@ -50,7 +48,7 @@ def check_guidance(guidance: float, interval=None, by: str = "sigma") -> tuple[f
         raise ValueError(f"guidance_interval={interval!r} must be two numbers, [low, high]")
     if by == "step":
         first, last = interval
-        if not (_is_int(first) and _is_int(last) and 0 <= first <= last):
+        if not (is_int(first) and is_int(last) and 0 <= first <= last):
             raise ValueError(f"guidance_interval=[{first}, {last}] (guidance_interval_by=step) must be two step "
                              f"indices 0 <= first <= last (0-based, both guided)")
         return first, last

@@ -6,13 +6,10 @@ from omegaconf import DictConfig, OmegaConf
 from edmlab.design.guidance import check_guidance
 from edmlab.sampling.planning import sampler_keys
 from edmlab.evaluation.subject import bench_presets
+from edmlab.infra.checks import is_int
 
 SAVE_MODES = ("grid", "png", "npz")
 SAMPLE_GUIDANCE = {"guide", "guidance", "guidance_interval", "guidance_interval_by"}  # of edmlab.sample itself
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def need(ok: bool, message: str) -> None:
@@ -25,20 +22,20 @@ def check_config(cfg: DictConfig) -> None:
     need(not OmegaConf.is_missing(cfg, "ckpt") and cfg.ckpt not in (None, ""),
          "ckpt is required: ckpt=<run dir | network.pt | checkpoints/last.ckpt> of src/train.py, or "
          f"ckpt=bench:<preset> for the exact Gaussian-mixture denoiser ({', '.join(sorted(bench_presets()))})")
-    need(_is_int(cfg.num_samples) and cfg.num_samples >= 1, f"num_samples={cfg.num_samples!r} must be an integer >= 1")
-    need(_is_int(cfg.seeds) and cfg.seeds >= 0,
+    need(is_int(cfg.num_samples) and cfg.num_samples >= 1, f"num_samples={cfg.num_samples!r} must be an integer >= 1")
+    need(is_int(cfg.seeds) and cfg.seeds >= 0,
          f"seeds={cfg.seeds!r} must be an integer >= 0 (image k uses seed seeds+k)")
-    need(_is_int(cfg.batch) and cfg.batch >= 1, f"batch={cfg.batch!r} must be an integer >= 1")
-    need(cfg.class_label is None or (_is_int(cfg.class_label) and cfg.class_label >= 0),
+    need(is_int(cfg.batch) and cfg.batch >= 1, f"batch={cfg.batch!r} must be an integer >= 1")
+    need(cfg.class_label is None or (is_int(cfg.class_label) and cfg.class_label >= 0),
          f"class_label={cfg.class_label!r} must be null (a random class per seed) or a class index >= 0")
     need(cfg.save in SAVE_MODES, f"save={cfg.save!r}: choose one of {', '.join(SAVE_MODES)}")
-    need(_is_int(cfg.grid_images) and cfg.grid_images >= 0, f"grid_images={cfg.grid_images!r} must be an integer >= 0")
+    need(is_int(cfg.grid_images) and cfg.grid_images >= 0, f"grid_images={cfg.grid_images!r} must be an integer >= 0")
     ranges = cfg.metrics.fid.seed_ranges
-    need(_is_int(ranges) and ranges >= 1, f"metrics.fid.seed_ranges={ranges!r} must be an integer >= 1 (EDM: 3)")
+    need(is_int(ranges) and ranges >= 1, f"metrics.fid.seed_ranges={ranges!r} must be an integer >= 1 (EDM: 3)")
     dino = cfg.metrics.get("fd_dinov2") or {}
     need(isinstance(dino.get("enabled", False), bool),
          f"metrics.fd_dinov2.enabled={dino.get('enabled')!r} must be true or false")
-    need(_is_int(dino.get("batch", 64)) and dino.get("batch", 64) >= 1,
+    need(is_int(dino.get("batch", 64)) and dino.get("batch", 64) >= 1,
          f"metrics.fd_dinov2.batch={dino.get('batch')!r} must be an integer >= 1")
     need(dino.get("method", "sqrtm") in ("sqrtm", "eigh"),
          f"metrics.fd_dinov2.method={dino.get('method')!r}: choose sqrtm (NVlabs/edm2) or eigh")
@@ -68,7 +65,7 @@ def config_summary(cfg: DictConfig, **resolved) -> dict:
     summary = {"ckpt": str(cfg.ckpt) if not OmegaConf.is_missing(cfg, "ckpt") else None}
     summary.update(OmegaConf.to_container(cfg.sampler, resolve=False))
     summary.update(seeds=f"{cfg.seeds}-{cfg.seeds + cfg.num_samples * cfg.metrics.fid.seed_ranges - 1}"
-                   if _is_int(cfg.seeds) and _is_int(cfg.num_samples) and _is_int(cfg.metrics.fid.seed_ranges)
+                   if is_int(cfg.seeds) and is_int(cfg.num_samples) and is_int(cfg.metrics.fid.seed_ranges)
                    else cfg.seeds,
                    batch=cfg.batch, class_label=cfg.class_label)
     return {**summary, **resolved}

@@ -9,6 +9,8 @@ import math
 import torch
 from torch.nn.functional import conv2d, conv_transpose2d, dropout, group_norm, scaled_dot_product_attention, silu
 
+from edmlab.infra.checks import is_int
+
 INIT_MODES = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
 
 
@@ -303,10 +305,6 @@ def embedding_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_unet_args(name, img_resolution, in_channels, out_channels, label_dim, augment_dim, model_channels,
                     channel_mult, channel_mult_emb, num_blocks, dropout, label_dropout) -> None:
     """Raise ValueError naming the first bad U-Net constructor argument."""
@@ -314,10 +312,10 @@ def check_unet_args(name, img_resolution, in_channels, out_channels, label_dim, 
                             ("out_channels", out_channels, 1), ("label_dim", label_dim, 0),
                             ("augment_dim", augment_dim, 0), ("model_channels", model_channels, 1),
                             ("channel_mult_emb", channel_mult_emb, 1), ("num_blocks", num_blocks, 0)):
-        if not _is_int(value) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"{name}: {key} must be an integer ≥ {low}, got {value!r}")
     mults = list(channel_mult) if not isinstance(channel_mult, (str, int)) else []
-    if not mults or not all(_is_int(m) and m >= 1 for m in mults):
+    if not mults or not all(is_int(m) and m >= 1 for m in mults):
         raise ValueError(f"{name}: channel_mult must be a non-empty list of positive integers, got {channel_mult!r}")
     factor = 2 ** (len(mults) - 1)
     if img_resolution % factor:
