@@ -19,13 +19,15 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from edmlab.evaluation.metrics.frechet import feature_statistics, frechet_distance
-from edmlab.evaluation.metrics.inception import inception_features, verify_weights
-from edmlab.evaluation.metrics.nvlabs_inception import inspect_detector_file, nvlabs_features, write_detector_files
+from edmlab.evaluation.metrics.inception import inception_features
+from edmlab.evaluation.metrics.inception_weights import verify_weights
+from edmlab.evaluation.metrics.nvlabs_inception import inspect_detector_file, nvlabs_features
 from edmlab.evaluation.metrics.ref_stats import load_uint8_images
 
 
@@ -47,7 +49,7 @@ def parse(argv):
 
 
 def missing_files(args) -> list[str]:
-    from edmlab.evaluation.metrics.inception import weights_file, weights_url
+    from edmlab.evaluation.metrics.inception_weights import weights_file, weights_url
     from edmlab.evaluation.metrics.nvlabs_inception import URL_PKL, URL_PT
 
     missing = []
@@ -122,7 +124,8 @@ def compare(args) -> dict:
 
 
 def self_check(args) -> dict:
-    from edmlab.evaluation.metrics.inception import write_random_inception_weights
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random detectors of the suite
+    from inception_fixtures import write_detector_files, write_random_inception_weights
 
     os.makedirs(args.self_check, exist_ok=True)
     args.torch_fidelity_weights = os.path.join(args.self_check, "random-inception.pth")

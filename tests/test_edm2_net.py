@@ -174,8 +174,10 @@ def test_img64_presets_match_nvlabs_parameter_counts_and_recipe(size, tmp_path):
         -0.8, 1.6)
     assert cfg.data.cond and cfg.augment is None and cfg.trainer.precision == "bf16-mixed"
     assert cfg.loss_weighting._target_.endswith("LearnedWeighting") and cfg.optim.lr_rampup_kimg == 10000
-    assert (cfg.lr_schedule.kind, cfg.lr_schedule.ref_kimg, cfg.lr_schedule.lr) == ("edm2", 35000 * 2048 / 1000, lr)
-    assert cfg.ema.kind == "power" and list(cfg.ema.stds) == [0.05, 0.10] and cfg.ema.snapshot_kimg == 8 * 2**20 / 1000
+    assert (cfg.lr_schedule._target_, cfg.lr_schedule.ref_kimg, cfg.lr_schedule.lr) == (
+        "edmlab.design.lr_schedules.EDM2Schedule", 35000 * 2048 / 1000, lr)
+    assert cfg.ema._target_ == "edmlab.training.ema.PowerEMA" and list(cfg.ema.stds) == [0.05, 0.10] \
+        and cfg.ema.snapshot_kimg == 8 * 2**20 / 1000
 
 
 def test_state_dict_names_and_order_are_nvlabs():

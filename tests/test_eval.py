@@ -176,7 +176,9 @@ def test_digits_checkpoint_gets_digits_metrics_and_the_real_floor(digits_run, tm
 def test_fid_is_the_minimum_over_seed_ranges(digits_run, tmp_path):
     """With reference statistics computed from seeds 0-7's own images, the first range scores FID 0 and the next
     two ranges more, so EDM's minimum over ranges picks the first."""
-    from edmlab.evaluation.metrics import feature_statistics, inception_features, save_statistics, write_random_inception_weights
+    from inception_fixtures import write_random_inception_weights
+
+    from edmlab.evaluation.metrics import feature_statistics, inception_features, save_statistics
 
     weights = tmp_path / "inception.pth"
     write_random_inception_weights(weights, seed=0)

@@ -82,8 +82,9 @@ def test_two_processes_give_the_one_process_images_labels_and_scores_of_a_traine
     the single process's. FID over 2 seed ranges from all-reduced feature sums: with reference statistics of the
     first range's own images (computed here in one process) the first FID is 0 and the second one is not; the
     Inception Score of the gathered logits is the one computed here."""
-    from edmlab.evaluation.metrics import (feature_statistics, inception_outputs, inception_score_from_logits, save_statistics,
-                                write_random_inception_weights)
+    from inception_fixtures import write_random_inception_weights
+
+    from edmlab.evaluation.metrics import feature_statistics, inception_outputs, inception_score_from_logits, save_statistics
 
     args = [f"ckpt={digits_cond}", "num_samples=13", "batch=4", "sampler.num_steps=4", "sampler.S_churn=10",
             "save=npz", "logger=none"]

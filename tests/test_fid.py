@@ -13,7 +13,9 @@ import PIL.Image
 import pytest
 import torch
 
-from edmlab.evaluation.metrics import frechet, inception
+from inception_fixtures import inception_metrics, write_random_inception_weights
+
+from edmlab.evaluation.metrics import frechet, inception_weights
 from edmlab.io.nvlabs import UnsafePickleError
 from edmlab.evaluation.metrics.frechet import (
     feature_statistics,
@@ -26,11 +28,9 @@ from edmlab.evaluation.metrics.inception import (
     InceptionWeightsError,
     fid_from_features,
     inception_features,
-    inception_metrics,
     inception_outputs,
     inception_score_from_logits,
     kid_from_features,
-    write_random_inception_weights,
 )
 
 
@@ -353,12 +353,12 @@ def test_inception_metrics_pipeline(weights, images, features):
 
 
 def test_missing_weights_offline_raise_a_clear_error(offline, tmp_path):
-    assert inception.cached_weights_path().startswith(str(tmp_path))
+    assert inception_weights.cached_weights_path().startswith(str(tmp_path))
     with pytest.raises(InceptionWeightsError) as info:
         inception_features(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     message = str(info.value)
     assert "weights-inception-2015-12-05-6726825d.pth" in message
-    assert inception.cached_weights_path() in message and "weights_path" in message
+    assert inception_weights.cached_weights_path() in message and "weights_path" in message
     assert offline  # the reachability probe ran (and was refused) instead of a download attempt
 
 
@@ -368,12 +368,12 @@ def test_explicit_missing_weights_path_is_named(tmp_path):
 
 
 def test_cached_weights_are_found_without_network(offline, weights, images, features, monkeypatch):
-    os.makedirs(os.path.dirname(inception.cached_weights_path()))
-    shutil.copy(weights, inception.cached_weights_path())
+    os.makedirs(os.path.dirname(inception_weights.cached_weights_path()))
+    shutil.copy(weights, inception_weights.cached_weights_path())
     # Under torch-fidelity's file name the file must match the name's SHA-256 prefix (verify_weights): let the
     # random weights stand in for the published file.
     digest = hashlib.sha256(open(weights, "rb").read()).hexdigest()
-    monkeypatch.setattr(inception, "expected_sha256_prefix", lambda: digest[:8])
+    monkeypatch.setattr(inception_weights, "expected_sha256_prefix", lambda: digest[:8])
     torch.testing.assert_close(inception_features(images[1][:4]), features[1]["pool"][:4], rtol=1e-4, atol=1e-5)
     assert not offline
 
@@ -384,7 +384,7 @@ def test_hanging_network_probe_gives_up(monkeypatch):
         raise OSError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    assert inception._network_reachable("https://example.invalid/x.pth", timeout=0.2) is False
+    assert inception_weights._network_reachable("https://example.invalid/x.pth", timeout=0.2) is False
 
 
 def test_wrong_weights_file_and_wrong_inputs(tmp_path, weights):

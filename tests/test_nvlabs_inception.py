@@ -13,11 +13,12 @@ import pytest
 import torch
 from test_nvlabs_pickle import (Call, Record, ToyDetector, marker, persistence_module,  # noqa: F401 (fixture)
                                 random_denoiser, toy_spec, write_snapshot)
+from inception_fixtures import write_detector_pickle, write_random_inception_weights
 
-from edmlab.evaluation.metrics import inception
-from edmlab.evaluation.metrics.inception import InceptionWeightsMismatchError, inception_features, verify_weights
-from edmlab.evaluation.metrics.nvlabs_inception import (DetectorFileError, inspect_detector_file, load_detector, nvlabs_features,
-                                             write_detector_pickle)
+from edmlab.evaluation.metrics import inception_weights
+from edmlab.evaluation.metrics.inception import inception_features
+from edmlab.evaluation.metrics.inception_weights import InceptionWeightsMismatchError, verify_weights
+from edmlab.evaluation.metrics.nvlabs_inception import DetectorFileError, inspect_detector_file, load_detector, nvlabs_features
 from edmlab.io.nvlabs import UnsafePickleError
 
 EXPECTED = (r"expected NVlabs' inception-2015-12-05\.pkl \(https://api\.ngc\.nvidia\.com/.*\) or the TorchScript "
@@ -184,7 +185,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, mark
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "random-inception.pth"
-    inception.write_random_inception_weights(path, seed=0)
+    write_random_inception_weights(path, seed=0)
     return path
 
 
@@ -202,7 +203,7 @@ def test_weights_under_the_published_name_need_its_checksum(tmp_path, weights, m
              rf"\(the file is truncated, corrupt or not torch-fidelity's\); {FIX}")
     with pytest.raises(InceptionWeightsMismatchError, match=match):
         inception_features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), weights_path=published)
-    monkeypatch.setattr(inception, "expected_sha256_prefix", lambda: digest[:8])  # as if it were the published file
+    monkeypatch.setattr(inception_weights, "expected_sha256_prefix", lambda: digest[:8])  # as if it were the published file
     assert verify_weights(published) == str(published)
     assert verify_weights(weights) == str(weights)  # another name: the layout alone is checked
 
@@ -215,7 +216,7 @@ def test_the_cached_file_is_checked_too(tmp_path, weights, monkeypatch):
     match = (rf"^{cached}: SHA-256 [0-9a-f]{{64}} does not start with "
              r"6726825d")
     with pytest.raises(InceptionWeightsMismatchError, match=match):
-        inception.resolve_weights()
+        inception_weights.resolve_weights()
 
 
 def test_weights_with_the_wrong_layout_are_named(tmp_path, weights, marker):
@@ -268,7 +269,7 @@ def test_a_download_is_checked_against_the_checksum_in_the_name(tmp_path, weight
     checks nothing), keeps nothing that fails it, and verifies the layout of what it keeps."""
     body = weights.read_bytes()
     requested = []
-    monkeypatch.setattr(inception, "_network_reachable", lambda url: True)
+    monkeypatch.setattr(inception_weights, "_network_reachable", lambda url: True)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "urlopen", lambda request: requested.append(request.full_url) or FakeResponse(body))
     digest = hashlib.sha256(body).hexdigest()
@@ -277,9 +278,9 @@ def test_a_download_is_checked_against_the_checksum_in_the_name(tmp_path, weight
              rf": the download has an invalid hash value \(expected "
              rf"\"6726825d\", got \"{digest}\"\) and was not kept; ")
     with pytest.raises(InceptionWeightsMismatchError, match=match):
-        inception.resolve_weights()
-    assert requested == [inception.weights_url()]
+        inception_weights.resolve_weights()
+    assert requested == [inception_weights.weights_url()]
     assert os.listdir(tmp_path / "hub" / "checkpoints") == []
-    monkeypatch.setattr(inception, "expected_sha256_prefix", lambda: digest[:8])  # as if it were the published file
-    cached = inception.resolve_weights()
-    assert cached == inception.cached_weights_path() and open(cached, "rb").read() == body
+    monkeypatch.setattr(inception_weights, "expected_sha256_prefix", lambda: digest[:8])  # as if it were the published file
+    cached = inception_weights.resolve_weights()
+    assert cached == inception_weights.cached_weights_path() and open(cached, "rb").read() == body

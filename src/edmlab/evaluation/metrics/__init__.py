@@ -18,18 +18,16 @@ from edmlab.evaluation.metrics.inception import (
     InceptionWeightsError,
     fid_from_features,
     inception_features,
-    inception_metrics,
     inception_outputs,
     inception_score_from_logits,
     kid_from_features,
-    write_random_inception_weights,
 )
 from edmlab.evaluation.metrics.mixture import mmd, sliced_wasserstein
 
 __all__ = [
     "feature_statistics", "frechet_distance", "frechet_distance_to_features", "save_statistics", "load_statistics",
-    "InceptionWeightsError", "inception_features", "inception_outputs", "inception_metrics", "fid_from_features",
-    "kid_from_features", "inception_score_from_logits", "write_random_inception_weights",
+    "InceptionWeightsError", "inception_features", "inception_outputs", "fid_from_features",
+    "kid_from_features", "inception_score_from_logits",
     "DigitsMetric", "DigitsScores", "load_digits_classifier", "manifold_precision_recall", "class_balance",
     "sliced_wasserstein", "mmd",
 ]

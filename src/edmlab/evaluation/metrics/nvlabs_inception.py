@@ -263,8 +263,9 @@ def fidelity_detector(weights_path: str | Path) -> torch.jit.ScriptModule:
     :func:`edmlab.evaluation.metrics.inception.verify_weights`) as a TorchScript module with NVlabs' interface.
 
     Traced once on a [1, 3, 32, 32] uint8 image: torch-fidelity's TF1-style resize keeps the input size symbolic
-    under tracing, so the module takes any H×W. For checks of the plumbing (:func:`write_detector_files`)."""
-    from edmlab.evaluation.metrics.inception import FEATURE_LOGITS, FEATURE_POOL, verify_weights
+    under tracing, so the module takes any H×W. For checks of the plumbing (tests/inception_fixtures.py writes it as a detector file)."""
+    from edmlab.evaluation.metrics.inception import FEATURE_LOGITS, FEATURE_POOL
+    from edmlab.evaluation.metrics.inception_weights import verify_weights
 
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -273,33 +274,6 @@ def fidelity_detector(weights_path: str | Path) -> torch.jit.ScriptModule:
     with torch.no_grad():
         traced = torch.jit.trace(net, torch.zeros(PROBE_SHAPE, dtype=torch.uint8), check_trace=False)
     return torch.jit.script(_AsNVlabsDetector(traced).eval())
-
-
-def write_detector_pickle(archive: bytes, path: str | Path, class_name: str = "InceptionV3", key: str = "archive",
-                          module_src: str = "") -> Path:
-    """A ``torch_utils.persistence`` pickle of one persistent object whose state holds the TorchScript ``archive``
-    under ``key``: the form :func:`inspect_detector_file` assumes for NVlabs' ``.pkl``.
-
-    Written opcode by opcode (protocol 3): the call ``torch_utils.persistence._reconstruct_persistent_obj(meta)``
-    names NVlabs' function without importing it, ``meta`` = {type, version: 6, module_src, class_name, state}."""
-    meta = dict(type="class", version=6, module_src=module_src, class_name=class_name, state={key: bytes(archive)})
-    body = pickle.dumps(meta, protocol=3)  # PROTO 3, the dict, STOP
-    call = b"ctorch_utils.persistence\n_reconstruct_persistent_obj\n"  # GLOBAL
-    path = Path(path)
-    path.write_bytes(body[:2] + call + body[2:-1] + b"\x85R.")  # TUPLE1, REDUCE, STOP
-    return path
-
-
-def write_detector_files(weights_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """(``inception-fidelity.pt``, ``inception-fidelity.pkl``) in ``out_dir``: :func:`fidelity_detector` of
-    ``weights_path`` as a TorchScript archive and as the persistence pickle carrying it."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.jit.save(fidelity_detector(weights_path), buffer)
-    pt = out_dir / "inception-fidelity.pt"
-    pt.write_bytes(buffer.getvalue())
-    return pt, write_detector_pickle(buffer.getvalue(), out_dir / "inception-fidelity.pkl")
 
 
 def nvlabs_features(images_uint8: torch.Tensor, path: str, batch_size: int = 64,
