@@ -30,11 +30,6 @@ def check_std(std: float) -> float:
     return std
 
 
-def exp_to_std(gamma: float) -> float:
-    """σ_rel = √((γ + 1)/((γ + 2)²(γ + 3))) (EDM2 Eq. 123)."""
-    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
-
-
 def std_to_exp(std: float) -> float:
     """γ of a relative std: the largest real root of γ³ + 7γ² + (16 − σ_rel⁻²)γ + (12 − σ_rel⁻²) = 0, which is Eq. 123
     squared and multiplied out (EDM2 Eq. 126, Algorithm 2)."""
