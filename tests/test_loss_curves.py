@@ -63,5 +63,5 @@ def test_a_run_without_a_csv_log_or_without_bins_gives_one_clear_error(tmp_path)
     empty = write_log(tmp_path / "empty", [[0, 4, 1.0]], header=["epoch", "step", "train/loss"])
     with pytest.raises(ValueError, match=r"has no loss_per_sigma/<lo>-<hi> columns"):
         read_log(empty)
-    with pytest.raises(SystemExit, match=r"error: no .*nolog/csv/metrics.csv"):
+    with pytest.raises(FileNotFoundError, match=r"no .*nolog/csv/metrics.csv"):
         main([str(tmp_path / "nolog")])

@@ -1,29 +1,30 @@
-"""``python -m edmlab.cli.convert <pkl> <network.pt>``: an NVlabs/edm or edm2 network pickle as an edmlab network file.
+"""An NVlabs/edm or edm2 network pickle as an edmlab network file.
 
 The pickle is read without running its code (:mod:`edmlab.io.nvlabs`); the output loads with ``edmlab.load`` and
 ``src/eval.py ckpt=``, and fine-tunes with ``src/train.py init_from=``. Its ``model['source']`` names the pickle.
+A file that is not a ``*.pkl``, or a pickle refused, is one line ``error: ...`` with exit code 1.
 """
-import argparse
 import sys
 
+from edmlab.cli.common import error, parser, run
 from edmlab.io.network_file import load, save_network
+
+REFUSED = 1  # convert's exit code for a refused file (tests/test_nvlabs_pickle.py, tests/test_safe_loading.py)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edmlab.cli.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("pkl", help="NVlabs network-snapshot pickle (edm-*.pkl, edm2-*.pkl, network-snapshot-*.pkl)")
-    parser.add_argument("out", help="edmlab network file to write (network.pt)")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__, "convert")
+    cli.add_argument("pkl", help="NVlabs network-snapshot pickle (edm-*.pkl, edm2-*.pkl, network-snapshot-*.pkl)")
+    cli.add_argument("out", help="edmlab network file to write (network.pt)")
+    args = cli.parse_args(argv)
     if not str(args.pkl).endswith(".pkl"):
-        print(f"error: {args.pkl} is not an NVlabs network pickle (*.pkl); an edmlab network.pt or checkpoint needs "
-              f"no conversion: edmlab.load, src/eval.py ckpt= and src/train.py init_from= read it as it is",
-              file=sys.stderr)
-        return 1
+        return error(f"{args.pkl} is not an NVlabs network pickle (*.pkl); an edmlab network.pt or checkpoint needs "
+                     f"no conversion: edmlab.load, src/eval.py ckpt= and src/train.py init_from= read it as it is",
+                     REFUSED)
     try:
         denoiser = load(args.pkl)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return error(e, REFUSED)
     path = save_network(args.out, denoiser, denoiser.model_spec)
     source = denoiser.model_spec["source"]
     params = sum(p.numel() for p in denoiser.parameters())
@@ -33,4 +34,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
