@@ -1,7 +1,9 @@
 """Searched time steps (``edmlab.sampling.search_steps``): the dynamic programme against brute force, the search against the
-analytic grids on a bench, and the steps file through ``discretization=custom``."""
+analytic grids on a bench, the steps file through ``discretization=custom``, and the command line
+(``python -m edmlab.cli.search_steps <ckpt> --solver ipndm --nfe 10 --out steps.json``)."""
 import itertools
 import json
+import re
 
 import pytest
 import torch
@@ -17,8 +19,8 @@ SMALL = dict(latents=64, holdout=128, fine=25, teacher_substeps=2, iters=40, see
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("steps") / "ipndm6.json"
-    record = search_steps_cli.main(["ckpt=bench:mixture16", "solver=ipndm", "nfe=6", f"out={out}"]
-                               + [f"{k}={v}" for k, v in SMALL.items()])
+    record = search_steps_cli.main(["bench:mixture16", "--solver", "ipndm", "--nfe", "6", "--out", str(out)]
+                                   + [a for k, v in SMALL.items() for a in (f"--{k.replace('_', '-')}", str(v))])
     return out, record
 
 
@@ -70,14 +72,34 @@ def test_steps_file_round_trips_through_custom_discretization(searched):
     assert edmlab.nfe("ipndm", discretization="custom", steps=str(out), final_step=saved["final_step"]) == 6
 
 
+def test_the_options_keep_search_defaults_and_spell_none_as_unset():
+    args = search_steps_cli.build_parser().parse_args(["bench:mixture16"])
+    assert (args.ckpt, args.solver, args.nfe, args.out, args.final_step, args.afs, args.max_order) == \
+        ("bench:mixture16", "ipndm", 10, "steps.json", None, None, None)
+    assert (args.latents, args.holdout, args.fine, args.teacher_substeps, args.iters, args.seed, args.sigma_min,
+            args.sigma_max) == (256, 512, 61, 4, 300, 0, 0.002, 80.0)
+    args = search_steps_cli.build_parser().parse_args(["run", "--final-step", "none", "--teacher-substeps", "2"])
+    assert (args.final_step, args.teacher_substeps) == ("none", 2)  # "none": no final step, not "unset"
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["solver=ipndm"], r"ckpt is required: ckpt=<run dir \| network.pt \| bench:<preset>>"),
-    (["ckpt=bench:mixture16", "nfe=ten"], r"nfe='ten' is not a int"),
-    (["ckpt=bench:mixture16", "steps=5"], r"unknown argument 'steps=5': give key=value"),
+    (["--solver", "ipndm"], r"the following arguments are required: ckpt"),
+    (["bench:mixture16", "--nfe", "ten"], r"argument --nfe: invalid int value: 'ten'"),
+    (["bench:mixture16", "steps=5"], r"unrecognized arguments: steps=5"),
+    (["bench:mixture16", "--afs", "yes"], r"argument --afs: invalid choice: 'yes'"),
 ])
-def test_bad_arguments(argv, message):
-    with pytest.raises(ValueError, match=message):
-        search_steps_cli.parse(argv)
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        search_steps_cli.main(argv)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.match(r"error: " + message + r".* \(see python -m edmlab.cli.search_steps --help\)$", line), line
+
+
+def test_out_must_be_a_file(tmp_path):
+    with pytest.raises(ValueError, match=rf"--out {re.escape(str(tmp_path))} is a directory; give a file path such "
+                                         rf"as --out {re.escape(str(tmp_path / 'steps.json'))}"):
+        search_steps_cli.main(["bench:mixture16", "--out", str(tmp_path)])
 
 
 def test_unknown_bench_and_impossible_nfe():

@@ -1,10 +1,24 @@
-"""``python -m edmlab.cli.search_steps``: searched time steps: the σ grid of one solver and NFE, found on the model itself."""
+"""Searched time steps: the σ grid of one solver and NFE, found on the model itself.
+
+GITS's dynamic programme over a teacher's fine grid, refined by Nelder–Mead on the actual solver's endpoint error
+(``edmlab.sampling.search_steps``), scored against the analytic grids on held-out latents. The steps file written
+to ``--out`` samples with ``src/eval.py discretization=custom sampler.steps=<file>``. An unknown bench, a run
+that is not there or an NFE the solver cannot spend exactly is one line ``error: ...`` with exit code 2.
+"""
 import inspect
 import json
 import sys
 from pathlib import Path
+
 import torch
+
+from edmlab.cli.common import parser, run
 from edmlab.sampling.search_steps import search
+
+DEFAULTS = {name: p.default for name, p in inspect.signature(search).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+FINAL_STEPS = ("euler", "denoise", "none")
+AFS = ("zero", "gaussian", "none")
 
 
 def load_model(ckpt: str):
@@ -15,58 +29,41 @@ def load_model(ckpt: str):
     return subject.denoiser, subject.shape, subject.label_dim
 
 
-ARGS = {"ckpt": str, "solver": str, "nfe": int, "out": str, "final_step": str, "afs": str, "latents": int,
-        "holdout": int, "fine": int, "teacher_substeps": int, "iters": int, "seed": int, "sigma_min": float,
-        "sigma_max": float, "max_order": int}
+def build_parser():
+    """The command line; every option's default is ``search``'s own."""
+    cli = parser(__doc__, "search_steps")
+    cli.add_argument("ckpt", help="a run dir of src/train.py, its network.pt, or bench:<preset>")
+    cli.add_argument("--solver", default=DEFAULTS["solver"], help="the solver the grid is for")
+    cli.add_argument("--nfe", type=int, default=DEFAULTS["nfe"], help="denoiser calls per sample")
+    cli.add_argument("--out", default="steps.json", help="the steps file to write")
+    cli.add_argument("--final-step", choices=FINAL_STEPS, default=DEFAULTS["final_step"],
+                     help="the step to σ = 0 (default: euler, or none where only that spends exactly --nfe)")
+    cli.add_argument("--afs", choices=AFS, default=DEFAULTS["afs"],
+                     help="analytic first step: zero (D ≈ 0, AMED) or gaussian (default: none)")
+    cli.add_argument("--latents", type=int, default=DEFAULTS["latents"], help="tuning latents of the teacher")
+    cli.add_argument("--holdout", type=int, default=DEFAULTS["holdout"], help="held-out latents of the scores")
+    cli.add_argument("--fine", type=int, default=DEFAULTS["fine"], help="levels of the teacher's fine grid")
+    cli.add_argument("--teacher-substeps", type=int, default=DEFAULTS["teacher_substeps"],
+                     help="Heun steps of the teacher per fine interval")
+    cli.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="Nelder–Mead iterations")
+    cli.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the tuning latents")
+    cli.add_argument("--sigma-min", type=float, default=DEFAULTS["sigma_min"],
+                     help="smallest noise level (raised to the network's own)")
+    cli.add_argument("--sigma-max", type=float, default=DEFAULTS["sigma_max"],
+                     help="largest noise level (lowered to the network's own)")
+    cli.add_argument("--max-order", type=int, default=DEFAULTS["max_order"],
+                     help="order cap of a multistep solver (default: the solver's own)")
+    return cli
 
 
-DEFAULT_OUT = "steps.json"
-
-
-HELP = ("-h", "--help")
-
-
-def usage() -> str:
-    """The usage text of ``--help``: what the tool does and every key=value option with its default (those of
-    ``search``; ``out`` is the steps file written)."""
-    defaults = {name: p.default for name, p in inspect.signature(search).parameters.items()
-                if p.default is not inspect.Parameter.empty} | {"out": DEFAULT_OUT}
-    options = [f"  {key}=<{kind.__name__}>  (default {'none' if defaults.get(key) is None else defaults[key]})"
-               for key, kind in ARGS.items() if key != "ckpt"]
-    return "\n".join(["usage: python -m edmlab.cli.search_steps ckpt=<run dir | network.pt | bench:<preset>> "
-                      "[key=value ...]", "", __doc__.split("\n\n")[0], "", "options:",
-                      "  ckpt=<str>  (required) a run dir of src/train.py, its network.pt, or bench:<preset>",
-                      *options])
-
-
-def parse(argv) -> dict:
-    """key=value arguments (``ARGS``); ckpt is required; null/none for final_step/afs means unset."""
-    args = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in ARGS:
-            raise ValueError(f"unknown argument {item!r}: give key=value with key one of {sorted(ARGS)}")
-        if value.lower() in ("null", "none", "") and key in ("final_step", "afs", "max_order"):
-            args[key] = None
-            continue
-        try:
-            args[key] = ARGS[key](value)
-        except ValueError:
-            raise ValueError(f"{key}={value!r} is not a {ARGS[key].__name__}") from None
-    if "ckpt" not in args:
-        raise ValueError("ckpt is required: ckpt=<run dir | network.pt | bench:<preset>>")
-    return args
-
-
-def main(argv=None) -> dict | None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(item in HELP for item in argv):
-        print(usage())
-        return None
-    args = parse(argv)
-    ckpt, out = args.pop("ckpt"), Path(args.pop("out", DEFAULT_OUT))
+def main(argv=None) -> dict:
+    """Search and write the steps file; returns its record."""
+    args = vars(build_parser().parse_args(argv))
+    ckpt, out = args.pop("ckpt"), Path(args.pop("out"))
+    if args["afs"] == "none":
+        args["afs"] = None
     if out.is_dir():
-        raise ValueError(f"out={out} is a directory; give a file path such as out={out / 'steps.json'}")
+        raise ValueError(f"--out {out} is a directory; give a file path such as --out {out / 'steps.json'}")
     denoiser, shape, label_dim = load_model(ckpt)
     record = {"model": ckpt} | search(denoiser, shape, label_dim=label_dim, log=print, **args)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,4 +78,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -1,7 +1,7 @@
 """Searched time steps: the σ grid of one solver and NFE, found on the model itself.
 
-    python -m edmlab.cli.search_steps ckpt=<run | network.pt | bench:<preset>> solver=ipndm nfe=10 [out=steps.json]
-        [final_step=none afs=zero latents=256 holdout=512 fine=61 teacher_substeps=4 iters=300 seed=0]
+    python -m edmlab.cli.search_steps <run | network.pt | bench:<preset>> --solver ipndm --nfe 10 [--out steps.json]
+        [--final-step euler --afs zero --latents 256 --holdout 512 --fine 61 --teacher-substeps 4 --iters 300 --seed 0]
 
 1. Teacher (GITS, Chen et al. 2024, Sec. 4): Heun on a fine EDM grid (ρ = 7, ``fine`` levels, each interval split
    into ``teacher_substeps`` Heun steps) from ``latents`` N(0, I) draws; on a bench the denoiser is the exact one.
