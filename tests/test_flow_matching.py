@@ -149,3 +149,40 @@ def test_family_flow_sets_the_four_training_rows_and_the_flow_ode(tmp_path):
     mixed = chosen("preconditioning=edm", "noise_distribution=logit_normal")
     assert (mixed["preconditioning"]["_target_"], mixed["noise_distribution"]["_target_"]) == (
         "edmlab.EDMPrecond", "edmlab.LogitNormalNoise")
+
+
+def test_flow_grid_is_uniform_in_t_and_the_shift_scales_sigma():
+    from edmlab.design.discretizations import flow_sigmas
+
+    sigmas = flow_sigmas(6, 0.002, 80.0)
+    t = sigmas / (1 + sigmas)
+    torch.testing.assert_close(t, torch.linspace(80 / 81, 0.002 / 1.002, 6, dtype=torch.float64), rtol=1e-13, atol=0)
+    # SD3 Eq. 23: t' = αt/(1 + (α − 1)t) is σ' = α·σ
+    torch.testing.assert_close(flow_sigmas(6, 0.002, 80.0, shift=3.0), 3.0 * sigmas, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match=r"shift must be a finite number > 0 .* got shift=0"):
+        edmlab.plan(discretization="flow", shift=0)
+
+
+def test_euler_on_the_flow_grid_is_the_flow_matching_euler_step():
+    """With schedule=flow, scaling=flow and preconditioning=flow, EDM's Euler step is diffusers'
+    FlowMatchEulerDiscreteScheduler step z ← z + (t_next − t)·v(z, t), transcribed here; the last step to t = 0."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.SiLU(), torch.nn.Linear(16, 3))
+
+    class Velocity(torch.nn.Module):
+        def forward(self, x, c_noise, class_labels=None, augment_labels=None):
+            return net(torch.cat([x, c_noise[:, None]], 1))
+
+    D = edmlab.FlowPrecond(Velocity())
+    z = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ours = edmlab.sample(D, z, solver="euler", discretization="flow", schedule="flow", scaling="flow", num_steps=5,
+                         shift=3.0, sigma_min=0.001, sigma_max=999.0)
+    sigmas = edmlab.plan(discretization="flow", shift=3.0, num_steps=5, sigma_min=0.001, sigma_max=999.0).sigmas
+    ts = (sigmas / (1 + sigmas)).tolist()
+    ts[-1] = 0.0
+    x = z * ts[0]
+    with torch.no_grad():
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            v = net(torch.cat([x.float(), torch.full((8, 1), t)], 1)).double()
+            x = x + (t_next - t) * v
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,6 @@ grids. The final σ_N = 0 is appended by the sampler.
 
 Each function returns a float64 tensor of N noise levels, largest first.
 """
-import inspect
 import json
 import math
 from pathlib import Path
@@ -23,6 +22,7 @@ DEFAULT_SIGMA_RANGE = {
     "edm": (0.002, 80.0),
     "logsnr": (0.002, 80.0),
     "time_uniform": (0.002, 80.0),
+    "flow": (0.002, 80.0),
 }
 DISCRETIZATIONS = (*DEFAULT_SIGMA_RANGE, "custom")
 
@@ -142,15 +142,29 @@ def iddpm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, C_1: float 
     return u[index]
 
 
-ANALYTIC = {"edm": edm_sigmas, "ve": ve_sigmas, "vp": vp_sigmas, "iddpm": iddpm_sigmas, "logsnr": logsnr_sigmas,
-            "time_uniform": time_uniform_sigmas}
+def flow_sigmas(num_steps: int, sigma_min: float, sigma_max: float, shift: float = 1.0) -> torch.Tensor:
+    """Uniform in flow time t = σ/(1 + σ) from t(σ_max) to t(σ_min), with SD3's timestep shift α (Esser et al. 2024,
+    Eq. 23; diffusers' ``FlowMatchEulerDiscreteScheduler(shift=α)``): t' = α·t/(1 + (α − 1)·t), σ_i = t'/(1 − t'),
+    i.e. σ' = α·σ. α = 1 is rectified flow's uniform grid; SD3 samples 1024² images with α = 3."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0 or not math.isfinite(shift):
+        raise ValueError(f"shift must be a finite number > 0 (1: no shift; SD3 uses 3 at 1024²), got shift={shift!r}")
+    t_max, t_min = sigma_max / (1 + sigma_max), sigma_min / (1 + sigma_min)
+    t = t_max + _fractions(num_steps) * (t_min - t_max)
+    t = shift * t / (1 + (shift - 1) * t)
+    return t / (1 - t)
+
+
+# Each analytic grid and the sampler settings it reads (besides N and the σ range).
+ANALYTIC = {"edm": (edm_sigmas, ("rho",)), "ve": (ve_sigmas, ()), "vp": (vp_sigmas, ("epsilon_s",)),
+            "iddpm": (iddpm_sigmas, ("C_1", "C_2", "M")), "logsnr": (logsnr_sigmas, ()),
+            "time_uniform": (time_uniform_sigmas, ("epsilon_s", "rho")), "flow": (flow_sigmas, ("shift",))}
 
 
 def discretize(name: str, num_steps: int, sigma_min: float, sigma_max: float, *, rho: float = 7.0,
-               epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000) -> torch.Tensor:
-    """The named analytic discretization's N noise levels (``ANALYTIC``), each given the parameters it takes
+               epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
+               shift: float = 1.0) -> torch.Tensor:
+    """The named analytic discretization's N noise levels (``ANALYTIC``), each given the settings it reads
     (``rho`` is also the time exponent of time_uniform)."""
-    grid = choose("discretization", name, ANALYTIC)
-    params = dict(rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
-    takes = inspect.signature(grid).parameters
-    return grid(num_steps, sigma_min, sigma_max, **{k: v for k, v in params.items() if k in takes})
+    grid, reads = choose("discretization", name, ANALYTIC)
+    settings = dict(rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M, shift=shift)
+    return grid(num_steps, sigma_min, sigma_max, **{k: settings[k] for k in reads})

@@ -112,19 +112,20 @@ def _validate(num_steps, rho, S_churn, S_noise):
         raise ValueError(f"S_noise must be >= 0, got S_noise={S_noise}")
 
 
-def _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-          denoiser, steps=None) -> tuple[ProbabilityFlow, torch.Tensor, tuple[float, float]]:
+def _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, grid: dict, denoiser,
+          steps=None) -> tuple[ProbabilityFlow, torch.Tensor, tuple[float, float]]:
     """The ODE, the N + 1 times t_0 > … > t_{N−1} > t_N = 0 a sampler visits: t_i = σ⁻¹(round_sigma(σ_i)) for
-    the discretization's σ_i (``steps`` for custom), then 0 (float64), and the σ range (σ_min, σ_max) used."""
+    the discretization's σ_i (``steps`` for custom; ``grid``: rho, epsilon_s, C_1, C_2, M, shift), then 0
+    (float64), and the σ range (σ_min, σ_max) used."""
     if discretization == "custom":
         sigmas, lo, hi = _custom_plan(steps, num_steps, sigma_min, sigma_max, denoiser)
     else:
         if steps is not None:
             raise ValueError(f"steps is only read by discretization=custom, not discretization={discretization}")
         num_steps = EDM_NUM_STEPS if num_steps is None else num_steps
-        lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser, epsilon_s)
-        sigmas = discretize(discretization, num_steps, lo, hi, rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M)
-    flow = make_flow(schedule, scaling, lo, hi, epsilon_s)
+        lo, hi = sigma_range(discretization, sigma_min, sigma_max, denoiser, grid["epsilon_s"])
+        sigmas = discretize(discretization, num_steps, lo, hi, **grid)
+    flow = make_flow(schedule, scaling, lo, hi, grid["epsilon_s"])
     round_sigma = getattr(denoiser, "round_sigma", identity)
     t = flow.schedule.sigma_inv(torch.as_tensor(round_sigma(sigmas), dtype=torch.float64))
     return flow, torch.cat([t, t.new_zeros(1)]), (lo, hi)
@@ -143,25 +144,15 @@ def _custom_plan(steps, num_steps, sigma_min, sigma_max, denoiser):
     return sigmas, float(sigmas[-1]), float(sigmas[0])
 
 
-def time_steps(num_steps: int | None = EDM_NUM_STEPS, *, discretization: str = "edm", schedule: str = "linear",
-               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-               epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
-               denoiser=None, steps=None) -> torch.Tensor:
-    """The N + 1 times t_0 > … > t_N = 0 that ``sample`` visits with the same arguments (float64)."""
-    _validate(num_steps, rho, 0.0, 1.0)
-    return _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-                 denoiser, steps=steps)[1]
+def time_steps(num_steps: int | None = EDM_NUM_STEPS, **grid) -> torch.Tensor:
+    """The N + 1 times t_0 > … > t_N = 0 that ``sample`` visits with the same grid arguments (those of ``plan``:
+    discretization, schedule, sigma_min, sigma_max, rho, …, denoiser, steps), float64."""
+    return plan(solver="euler", num_steps=num_steps, **grid).t_steps
 
 
-def sigma_steps(num_steps: int | None = EDM_NUM_STEPS, *, discretization: str = "edm", schedule: str = "linear",
-                sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-                epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
-                denoiser=None, steps=None) -> torch.Tensor:
+def sigma_steps(num_steps: int | None = EDM_NUM_STEPS, **grid) -> torch.Tensor:
     """σ(t_i) of ``time_steps`` (same arguments): e.g. the 18-step EDM grid 80, 57.59, …, 0.002, 0."""
-    _validate(num_steps, rho, 0.0, 1.0)
-    flow, t, _ = _plan(num_steps, discretization, schedule, "none", sigma_min, sigma_max, rho, epsilon_s, C_1, C_2,
-                       M, denoiser, steps=steps)
-    return flow.schedule.sigma(t)
+    return plan(solver="euler", num_steps=num_steps, **grid).sigmas
 
 
 @dataclass(frozen=True)
@@ -198,8 +189,8 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
          num_steps: int | None = None, nfe: int | None = None, sigma_min: float | None = None,
          sigma_max: float | None = None, rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
          S_max: float = float("inf"), S_noise: float = 1.0, final_step: str | None = None, afs=None,
-         epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, steps=None,
-         denoiser=None, **solver_options) -> Plan:
+         epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, shift: float = 1.0,
+         steps=None, denoiser=None, **solver_options) -> Plan:
     """Check every sampler argument (a one-line ValueError naming a bad one) and resolve the grid: ``num_steps``
     noise levels (None: 18, EDM), or the levels and final step that spend exactly ``nfe`` denoiser calls.
     ``solver_options``: the options of ``edmlab.sampling.solvers.OPTIONS`` (alpha, max_order, rtol, atol), each
@@ -227,8 +218,9 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
             raise ValueError(f"nfe={nfe} with solver={solver!r} needs {num_steps} noise levels, but the custom grid "
                              f"has {levels}: set nfe=null (the grid decides) or use a grid of {num_steps} levels")
         num_steps = None if levels is not None else num_steps
-    flow, t_steps, sigma_range_used = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, rho,
-                                            epsilon_s, C_1, C_2, M, denoiser, steps=steps)
+    grid = dict(rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M, shift=shift)
+    flow, t_steps, sigma_range_used = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, grid,
+                                            denoiser, steps=steps)
     final_step = final_step or "euler"
     levels = len(t_steps) - 1
     if not record.any_flow:
