@@ -46,7 +46,8 @@ def test_search_steps_help_lists_every_option_with_its_default():
     for option, default in [("--solver SOLVER", "ipndm"), ("--nfe NFE", "10"), ("--out OUT", "steps.json"),
                             ("--latents LATENTS", "256"), ("--holdout HOLDOUT", "512"), ("--fine FINE", "61"),
                             ("--teacher-substeps TEACHER_SUBSTEPS", "4"), ("--iters ITERS", "300"),
-                            ("--seed SEED", "0"), ("--sigma-min SIGMA_MIN", "0.002"), ("--sigma-max SIGMA_MAX", "80.0")]:
+                            ("--seed SEED", "0"), ("--sigma-min SIGMA_MIN", "0.002"),
+                            ("--sigma-max SIGMA_MAX", "80.0")]:
         assert re.search(re.escape(option) + r" (?:(?! --).)*?\(default: " + re.escape(default) + r"\)", flat), option
     assert "--final-step {euler,denoise,none} the step to σ = 0 (default: euler, or none where" in flat
     assert "--afs {zero,gaussian,none}" in flat and "--max-order MAX_ORDER" in flat

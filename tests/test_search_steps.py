@@ -1,5 +1,5 @@
-"""Searched time steps (``edmlab.sampling.search_steps``): the dynamic programme against brute force, the search against the
-analytic grids on a bench, the steps file through ``discretization=custom``, and the command line
+"""Searched time steps (``edmlab.sampling.search_steps``): the dynamic programme against brute force, the search
+against the analytic grids on a bench, the steps file through ``discretization=custom``, and the command line
 (``python -m edmlab.cli.search_steps <ckpt> --solver ipndm --nfe 10 --out steps.json``)."""
 import itertools
 import json

@@ -150,6 +150,7 @@ def test_mean_and_standard_error_are_printed_to_the_standard_errors_two_digits()
     assert mean_se_text(12.0, 2.0) == "12.0 ± 2.0"
     assert mean_se_text(1234.5, 151.0) == "1230 ± 150"
     assert mean_se_text(0.012341, 0.00041) == "0.01234 ± 0.00041"
+    assert mean_se_text(586.2386, 0.0013) == "586.24 ± 0.0013"  # at most five significant digits of the mean
     assert mean_se_text(3.0, None) == "3" and mean_se_text(7.25, math.nan) == "7.25"
 
 
@@ -192,7 +193,8 @@ def test_sweep_md_leads_with_the_pivot_of_the_swept_axes_with_mean_se_n_and_the_
         "| euler | 2.83 ± 0.60 (n=3) | 1.60 ± 0.10 (n=3) |",
         "| heun | 2.00 ± 0.25 (n=2, 1 failed) | 1.417 ± 0.083 (n=3) |",
         "| real data (floor) | 1.25 | 1.25 |"]
-    assert "mean ± standard error over seeds (n per cell)" in text and "digits_floor_fd in metrics.json" in text
+    assert "mean ± standard error over seeds (`seeds`), n in each cell." in text
+    assert "Last row: real data scored as the samples, at the same count (digits_floor_fd in metrics.json" in text
     assert section(text, "NFE per cell")[2:] == ["| euler | 4 | 8 |", "| heun | 7 | 15 |"]
     assert len(section(text, "Jobs")) == 2 + 12
     mean = (sweep / "sweep_mean.md").read_text()

@@ -1,15 +1,17 @@
 """One style for every ``python -m edmlab.cli.<name>`` tool.
 
 - ``parser(doc, name)``: argparse with ``prog="python -m edmlab.cli.<name>"``, the description the first paragraph
-  of the tool's module docstring (the rest below the options), and every option's default in ``--help``. The main input is positional; options
-  are ``--kebab-case`` flags.
-- Errors: one line ``error: <message>`` on stderr and exit code 2, for a usage error that argparse finds (it adds
-  where the usage is) and for bad input found while running: ``run(main)`` turns a ``ValueError`` or a
-  ``FileNotFoundError`` (and the other path errors of ``BAD_INPUT``) raised by ``main`` into that line, so that
+  of the tool's module docstring (the rest below the options), and every option's default in ``--help``. The
+  main input is positional; options are ``--kebab-case`` flags.
+- Errors: one line ``error: <message>`` on stderr and exit code 2, for a usage error that argparse finds (with
+  where the help is) and for bad input found while running: ``run(main)`` turns a ``ValueError`` or a
+  ``FileNotFoundError`` (and the other path errors of ``BAD_INPUT``) raised by ``main`` into that line, while
   ``main(argv)`` called from Python raises the error itself.
 
 Exceptions: ``python -m edmlab.cli.convert`` refuses a file with exit code 1 (as it always has:
-tests/test_nvlabs_pickle.py and tests/test_safe_loading.py hold it to that), still in one ``error:`` line.
+tests/test_nvlabs_pickle.py and tests/test_safe_loading.py hold it to that), still in one ``error:`` line;
+``phema``'s main exits itself (tests/test_phema.py expects its SystemExit); ``ref_stats`` keeps ``--data`` and
+``--dest`` as flags (tests/test_fid.py and tests/test_dinov2.py call it so).
 """
 import argparse
 import re

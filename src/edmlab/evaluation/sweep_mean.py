@@ -47,16 +47,20 @@ def swept_axes(jobs) -> list[str]:
 
 
 def mean_se_text(mean: float, se: float | None) -> str:
-    """"mean ± s.e." as a paper prints it: the s.e. to two significant digits and the mean to the same decimal
-    place (2.5, 0.6455 → "2.50 ± 0.65"); the mean alone, to four significant digits, without an s.e."""
+    """"mean ± s.e." as a paper prints it: the s.e. to two significant digits, the mean to the same decimal place
+    but to at most five significant digits (2.5, 0.6455 → "2.50 ± 0.65"; 586.2386, 0.0013 → "586.24 ± 0.0013");
+    the mean alone, to four significant digits, without an s.e."""
     if se is None or not math.isfinite(se):
         return f"{mean:.4g}"
     if se == 0:
         return f"{mean:.4g} ± 0"
     places = 1 - math.floor(math.log10(se))
-    if places <= 0:
-        return f"{round(mean, places):.0f} ± {round(se, places):.0f}"
-    return f"{mean:.{places}f} ± {se:.{places}f}"
+    mean_places = min(places, 4 - math.floor(math.log10(abs(mean)))) if mean else places
+
+    def fixed(value: float, digits: int) -> str:
+        return f"{value:.{digits}f}" if digits > 0 else f"{round(value, digits):.0f}"
+
+    return f"{fixed(mean, mean_places)} ± {fixed(se, places)}"
 
 
 def check_one_dataset(jobs) -> None:

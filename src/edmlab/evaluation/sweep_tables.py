@@ -196,6 +196,20 @@ class Pivot:
         return markdown(self.header, self.table, f"{title}\n\n{self.caption}", right_from=self.lead)
 
 
+def pivot_caption(metric: str, counts: set[int], seeds: list[str], floor: str | None) -> str:
+    """What the pivot's cells are: one job (no ``counts``), or the mean ± s.e. over ``seeds`` with n = the one
+    count, else n in each cell; and what the floor row is."""
+    if not counts:
+        cells = "Each cell: one job."
+    else:
+        over = f" ({', '.join(f'`{k}`' for k in seeds)})" if seeds else ""
+        n = f"n = {next(iter(counts))} per cell" if len(counts) == 1 else "n in each cell"
+        cells = f"Each cell: mean ± standard error over seeds{over}, {n}."
+    floor_row = f" Last row: real data scored as the samples, at the same count ({floor} in metrics.json's floor)." \
+        if floor else ""
+    return f"{metric}, lower is better. {cells}{floor_row}"
+
+
 def pivot(jobs: list[Job], metric: str) -> Pivot | None:
     """The pivot of ``metric`` over the swept axes (module docstring); None when no job has the metric or there is
     neither a swept axis nor a seed axis."""
@@ -212,13 +226,8 @@ def pivot(jobs: list[Job], metric: str) -> Pivot | None:
                and (y := as_number(j.floors.get(floor))) is not None] for c in grid.column_values]
     if any(floors):
         table.append([FLOOR_ROW, *[""] * (len(grid.row_header) - 1), *(spread_text(f) for f in floors)])
-    seeds = ", ".join(k for k in SEED_KEYS if any(k in j.overrides for j in jobs)) or "seeds"
-    caption = f"{metric}, lower is better. " + (
-        f"Each cell: mean ± standard error over {seeds}" + (f", n = {counts.pop()} per cell." if len(counts) == 1
-                                                             else " (n per cell).") if repeated else
-        "Each cell: one job.") + (
-        f" Last row: real data scored as the samples, at the same count ({floor} in metrics.json's floor)."
-        if any(floors) else "")
+    seeds = [k for k in SEED_KEYS if any(k in j.overrides for j in jobs)]
+    caption = pivot_caption(metric, counts if repeated else set(), seeds, floor if any(floors) else None)
     return Pivot(grid.header(metric), table, caption, len(grid.row_header), grid.axes)
 
 
