@@ -3,6 +3,8 @@ import json
 import math
 import os
 import secrets
+import shlex
+import signal
 from pathlib import Path
 
 import hydra
@@ -15,9 +17,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from edmlab.design.augment import AUGMENT_DIM
 from edmlab.infra.files import atomic_write_text
+from edmlab.training.callbacks import FinalReport
 from edmlab.training.checkpoint_io import SafeCheckpointIO, read_checkpoint
-from edmlab.training.guard import RunGuard, guarded_first
-from edmlab.training.run_dir import check_run_dir_free, checkpoint_file, claim, release, stored_run_id
+from edmlab.training.guard import Interrupted, RunGuard, guarded_first
+from edmlab.training.run_dir import check_run_dir_free, checkpoint_file, claim, release, stored_run_id, summary
 
 
 class ConfigError(ValueError):
@@ -262,8 +265,36 @@ def check_resume(ckpt: Path, module, max_steps: int) -> None:
                             f"to train it further")
 
 
+def resume_command(output_dir: Path) -> str:
+    """The command that resumes the run in ``output_dir`` in place: this job's overrides (not the launcher's, the
+    run dir's or the checkpoint's) with ``hydra.run.dir`` and ``ckpt_path`` both naming the dir."""
+    overrides = []
+    if HydraConfig.initialized():
+        skip = ("hydra.", "launcher=", "+launcher=", "ckpt_path=", "+ckpt_path=")
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
+    where = shlex.quote(str(output_dir))
+    return shlex.join(["python", "src/train.py", *overrides]) + f" hydra.run.dir={where} ckpt_path={where}"
+
+
+def print_summary(output_dir: Path, trainer: L.Trainer, module, stop: Interrupted | None = None) -> None:
+    """The run's last words (``run_dir.summary``): after a stop signal its step and the resume command, else its
+    final report's scores and files."""
+    if stop is not None:
+        status = {"step": trainer.global_step, "kimg": module.cur_nimg / 1000,
+                  "train_loss": getattr(module, "step_loss", None)}
+        lines = summary(output_dir, status, stopped=f"{signal.Signals(stop.signum).name}: stopped, no final report",
+                        resume=resume_command(output_dir))
+    else:
+        metrics_file = output_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        report = next((c for c in trainer.callbacks if isinstance(c, FinalReport)), None)
+        lines = summary(output_dir, metrics, note=getattr(report, "note", None))
+    print("\n".join(lines), flush=True)
+
+
 def train(cfg: DictConfig) -> dict:
-    """Train, and return the final metrics (also in <run dir>/metrics.json; rank 0 only, {} on the other ranks)."""
+    """Train, and return the final metrics (also in <run dir>/metrics.json; rank 0 only, {} on the other ranks).
+    Rank 0 ends with ``print_summary``, after a stop signal too."""
     check_run_dir()
     output_dir = Path(cfg.paths.output_dir)
     ckpt = checkpoint_file(cfg.ckpt_path) if cfg.get("ckpt_path") else None
@@ -277,7 +308,13 @@ def train(cfg: DictConfig) -> dict:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    except Interrupted as stop:
+        if zero:
+            print_summary(output_dir, trainer, module, stop)
+        raise
     finally:
         release(output_dir)
+    if zero:
+        print_summary(output_dir, trainer, module)
     metrics_file = output_dir / "metrics.json"
     return json.loads(metrics_file.read_text()) if zero and metrics_file.is_file() else {}

@@ -5,6 +5,8 @@ A run directory belongs to one training run. While a process trains in it, it ho
 stale lock). A directory that already holds a run (its ``config.yaml`` or ``checkpoints/``) is refused unless this
 command resumes that very run (``ckpt_path`` inside it, or a SLURM requeue checkpoint ``hpc_ckpt_*.ckpt`` there).
 ``run.json`` keeps the run's W&B id, so a resumed run logs into the same W&B run.
+
+When a run ends, ``summary`` says in a few lines where it is and what it scored (``src/eval.py`` ends alike).
 """
 import fcntl
 import json
@@ -100,3 +102,55 @@ def release(directory: Path) -> None:
     if f is not None:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+RUN_OUTPUTS = ("network.pt", "samples.png", "metrics.json", "loss_per_sigma.png", "checkpoints/last.ckpt")
+HEADLINE = 3  # scores shown: digits FD, precision, recall; mixture sliced Wasserstein, MMD
+BOOKKEEPING = {"step", "kimg", "train_sec", "sample_sec", "num_samples", "nfe", "train_loss", "images_per_sec"}
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it, else absolute."""
+    path = Path(path).absolute()
+    here = Path.cwd().absolute()
+    return str(path.relative_to(here)) if here in path.parents else str(path)
+
+
+def scores(metrics: dict) -> list[str]:
+    """``name=value (floor f)`` for each number of the data-set metric in a final report's ``metrics.json``,
+    with its real-data floor at the same count where the report has one."""
+    floor = metrics.get("floor") or {}
+    found = []
+    for key, value in metrics.items():
+        if key in BOOKKEEPING or not isinstance(value, float) or key.endswith(("num_images", "num_samples")):
+            continue
+        prefix, _, name = key.partition("_")
+        bound = floor.get(f"{prefix}_floor_{name}")
+        found.append(f"{key}={value:.4g}" + (f" (floor {bound:.4g})" if isinstance(bound, float) else ""))
+    return found
+
+
+def summary(directory: Path, metrics: dict | None = None, note: str | None = None, stopped: str | None = None,
+            resume: str | None = None) -> list[str]:
+    """The lines a run ends with: its dir with step, kimg, loss and speed (after ``stopped``, what stopped it);
+    the final report's scores (and ``note``: why it drew fewer samples than configured); the files it wrote,
+    relative to the dir; and ``resume``, the command that continues it."""
+    metrics = metrics or {}
+    facts = [stopped] if stopped else []
+    if "step" in metrics:
+        facts += [f"step {metrics['step']}", f"{metrics['kimg']:g} kimg"]
+    if isinstance(metrics.get("train_loss"), float):
+        facts.append(f"train_loss {metrics['train_loss']:.4g}")
+    if isinstance(metrics.get("images_per_sec"), float):
+        facts.append(f"{metrics['images_per_sec']:.0f} img/s")
+    lines = [f"run dir: {shown(directory)}" + (f" ({', '.join(facts)})" if facts else "")]
+    found = scores(metrics)
+    if found:
+        more = f", … ({len(found) - HEADLINE} more in metrics.json)" if len(found) > HEADLINE else ""
+        count = f"{metrics['num_samples']} samples" + (f", {note}" if note else "")
+        lines.append(f"  {', '.join(found[:HEADLINE])}{more} [{count}]")
+    written = [name for name in RUN_OUTPUTS if (Path(directory) / name).is_file()]
+    lines.append("  " + ("  ".join(written) if written else "no network.pt, metrics.json or checkpoint written"))
+    if resume:
+        lines.append(f"  resume in place: {resume}")
+    return lines
