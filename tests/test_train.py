@@ -337,9 +337,11 @@ def test_missing_data_path_is_a_clear_error(tmp_path, tiny):
 
 def test_train_script_end_to_end_with_wandb_offline(tmp_path):
     """The real entry point: outputs/train/<time>/ with checkpoint, network, samples.png, metrics.json, config,
-    and an offline W&B run; a typo'd key fails at compose time."""
+    and an offline W&B run (a log row every 2 of the 4 steps: W&B joins a run that logs a curve); a typo'd key
+    fails at compose time."""
     args = ["network.model_channels=16", "network.channel_mult=[1,2]", "batch_size=32", "duration_kimg=0.128",
-            "trainer.enable_progress_bar=false", "callbacks.final_report.num_samples=32", "sampler.num_steps=4"]
+            "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2", "callbacks.final_report.num_samples=32",
+            "sampler.num_steps=4"]
     result = run_script("train.py", args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = list((tmp_path / "outputs" / "train").iterdir())

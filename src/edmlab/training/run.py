@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from edmlab.design.augment import AUGMENT_DIM
@@ -93,6 +93,22 @@ def check_train_config(cfg: DictConfig) -> None:
         _need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r} must be true or false")
     for group in ("network", "preconditioning", "noise_distribution", "loss_weighting", "augment", "data"):
         _typed_like_defaults(group, cfg.get(group))
+    check_tags(cfg.get("tags"))
+
+
+WANDB_TAG_LENGTH = 64  # the longest tag W&B keeps
+
+
+def check_tags(tags) -> None:
+    """``tags`` is a list of names (numbers allowed, they become names), each 1 to 64 characters long."""
+    if tags is None:
+        return
+    _need(OmegaConf.is_list(tags) or isinstance(tags, (list, tuple)),
+          f"tags={tags!r} must be a list of names: tags=[{tags}] or tags=[a,b]")
+    for i, tag in enumerate(tags):
+        _need(isinstance(tag, (str, int, float)) and not isinstance(tag, bool)
+              and 0 < len(str(tag)) <= WANDB_TAG_LENGTH,
+              f"tags[{i}]={tag!r} must be a name of 1 to {WANDB_TAG_LENGTH} characters")
 
 
 class _ZeroDenoiser:
@@ -199,15 +215,33 @@ def instantiate(node, **kwargs):
         raise
 
 
-def instantiate_all(cfg: DictConfig, group: str) -> list:
-    """The objects of a group of named ``_target_`` nodes (callbacks, logger)."""
+def instantiate_all(cfg: DictConfig, group: str, leave_out: tuple[str, ...] = ()) -> list:
+    """The objects of a group of named ``_target_`` nodes (callbacks, logger), but those named in ``leave_out``."""
     nodes = cfg.get(group) or {}
     for name, node in nodes.items():
         _need(node is None or "_target_" in node,
               f"{group}.{name} has no _target_ (keys {sorted(node or {})}): the {group} option chosen does not define "
               f"{name}, yet something (an experiment preset?) sets {group}.{name}.*; pick a {group} option that has "
               f"it, or remove those keys")
-    return [instantiate(node) for node in nodes.values() if node is not None]
+    return [instantiate(node) for name, node in nodes.items() if node is not None and name not in leave_out]
+
+
+def quiet_loggers(cfg: DictConfig, max_steps: int) -> tuple[str, ...]:
+    """The logger entries a run leaves out because they would receive no training curve: W&B (``logger.wandb``)
+    in a run of fewer optimizer steps than ``trainer.log_every_n_steps`` or under ``trainer.fast_dev_run`` (which
+    mutes every logger). Its offline start costs seconds, and metrics.json and the CSV log hold the same final
+    numbers; ``trainer.log_every_n_steps`` at most the run's steps keeps it."""
+    if (cfg.get("logger") or {}).get("wandb") is None:
+        return ()
+    if cfg.trainer.get("fast_dev_run"):
+        return ("wandb",)
+    every = cfg.trainer.get("log_every_n_steps") or 50
+    if max_steps >= every:
+        return ()
+    rank_zero_info(f"W&B left out: the run trains {max_steps} step{'s' * (max_steps != 1)}, fewer than "
+                   f"trainer.log_every_n_steps={every}, so it would log no curve (metrics.json and the CSV log hold "
+                   f"its numbers); trainer.log_every_n_steps={max(max_steps, 1)} keeps it")
+    return ("wandb",)
 
 
 def build(cfg: DictConfig):
@@ -227,7 +261,11 @@ def build(cfg: DictConfig):
     max_steps = cfg.trainer.max_steps
     if max_steps is None or max_steps < 0:
         max_steps = math.ceil(cfg.duration_kimg * 1000 / cfg.batch_size)
-    callbacks, loggers = instantiate_all(cfg, "callbacks"), instantiate_all(cfg, "logger")
+    if cfg.get("tags") is not None:
+        with open_dict(cfg):
+            cfg.tags = [str(tag) for tag in cfg.tags]
+    callbacks = instantiate_all(cfg, "callbacks")
+    loggers = instantiate_all(cfg, "logger", leave_out=quiet_loggers(cfg, max_steps))
     callbacks = guarded_first([RunGuard(Path(cfg.paths.output_dir) / "checkpoints"), *callbacks])
     trainer = hydra.utils.instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False,
                                       plugins=[SafeCheckpointIO()])
