@@ -1,4 +1,4 @@
-"""The CSV log of a run, kept across resumes.
+"""The CSV log of a run, kept across resumes; TensorBoard when its package is installed.
 
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts ("Previous log files … will be
 deleted"), so a run resumed in place (by hand, or by a SLURM requeue) would keep only the curves of its last
@@ -7,6 +7,7 @@ after that checkpoint, by a run killed without one, are dropped: the resumed run
 the header grows when new columns appear, as Lightning's writer does.
 """
 import csv
+import importlib.util
 import io
 
 from lightning.pytorch.loggers import CSVLogger
@@ -50,3 +51,21 @@ class ResumableCSVLogger(CSVLogger):
 
     def resume_at(self, step: int) -> None:
         self.experiment.keep_until(step)
+
+
+class MissingPackage(ValueError):
+    """An option needs a package that is not installed; the message names the package and how to install it."""
+
+
+TENSORBOARD_WRITERS = ("tensorboard", "tensorboardX")  # Lightning's TensorBoardLogger writes with either
+
+
+def tensorboard_logger(save_dir: str, name: str = "tensorboard", version: str = "", **kwargs):
+    """Lightning's ``TensorBoardLogger`` writing to ``<save_dir>/<name>`` (``tensorboard --logdir`` there), or, when
+    neither package of ``TENSORBOARD_WRITERS`` is importable, a MissingPackage error in one line."""
+    if not any(importlib.util.find_spec(package) for package in TENSORBOARD_WRITERS):
+        raise MissingPackage("logger=tensorboard needs the tensorboard package, which is not installed: pip install "
+                             "tensorboard (or the lighter tensorboardX); or log with logger=csv or logger=wandb")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir, name=name, version=version, **kwargs)
