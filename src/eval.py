@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import edmlab.infra.jobs  # noqa: F401  (resolvers used by conf/hydra, W&B offline default)
+import edmlab.infra.jobs  # resolvers used by conf/hydra, W&B offline default, launcher=<option> on the command line
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -18,4 +18,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = edmlab.infra.jobs.plain_group_overrides(sys.argv[1:])
     sys.exit(main())

@@ -34,6 +34,19 @@ def register_resolvers() -> None:
 
 register_resolvers()
 
+APPENDED_GROUPS = ("launcher",)  # option groups of conf/ that are no entry of the defaults lists
+
+
+def plain_group_overrides(args: list[str]) -> list[str]:
+    """Command-line overrides with ``launcher=joblib`` read as ``+launcher=joblib``.
+
+    conf/launcher is deliberately no entry of train.yaml's and eval.yaml's defaults lists: Hydra refuses
+    ``+group=option`` for a group that has an entry ("Multiple values for launcher"), and ``+launcher=...`` is the
+    form docs, src/study.py and the tests use. Hydra in turn refuses ``group=option`` for a group without an entry
+    ("Could not override 'launcher'"), so the entry points add the ``+`` (lightning-hydra-template's spelling
+    ``launcher=joblib`` then works too); Hydra's compose API still needs ``+launcher=...``."""
+    return [f"+{arg}" if arg.partition("=")[0] in APPENDED_GROUPS and "=" in arg else arg for arg in args]
+
 
 def job_info() -> dict:
     """The Hydra overrides and job number of the running job (empty outside Hydra)."""
