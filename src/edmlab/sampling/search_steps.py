@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from edmlab.design.discretizations import edm_sigmas
-from edmlab.sampling.planning import plan, sigma_steps
+from edmlab.sampling.planning import plan, sigma_range, sigma_steps
 from edmlab.sampling.sampler import sample
 
 ANALYTIC = ("edm", "logsnr", "time_uniform")
@@ -173,8 +173,7 @@ def search(denoiser, shape, *, solver: str = "ipndm", nfe: int = 10, final_step:
            holdout: int = 512, fine: int = 61, teacher_substeps: int = 4, iters: int = 300, seed: int = 0,
            max_order: int | None = None, log=None) -> dict:
     """Search the grid of ``solver`` at ``nfe`` calls; returns the steps-file record (``sigmas`` and scores)."""
-    lo = max(float(sigma_min), float(getattr(denoiser, "sigma_min", 0.0)))
-    hi = min(float(sigma_max), float(getattr(denoiser, "sigma_max", math.inf)))
+    lo, hi = sigma_range("edm", sigma_min, sigma_max, denoiser)  # clamped to the network's range
     levels, sampler = sampler_options(solver, nfe, final_step, afs, max_order, denoiser, lo, hi)
     log = log or (lambda text: None)
     started = time.perf_counter()
