@@ -36,8 +36,8 @@ def test_an_option_of_another_solver_is_refused_naming_who_takes_it():
     with pytest.raises(ValueError, match=r"max_order=2 does not apply to solver='heun'; it is an option of deis, "
                                          r"ipndm, ipndm_v, unipc"):
         edmlab.plan(solver="heun", max_order=2)
-    with pytest.raises(ValueError, match=r"unknown sampler option eta=0.5: the solver options are alpha, atol, churn"):
-        edmlab.plan(solver="heun", eta=0.5)
+    with pytest.raises(ValueError, match=r"unknown sampler option tau=0.5: the solver options are alpha, atol, churn, eta"):
+        edmlab.plan(solver="heun", tau=0.5)
 
 
 def ralston_in_sigma(denoiser, x, sigmas, *, final_step="euler", afs=None, callback=None, denoiser_kwargs=None):

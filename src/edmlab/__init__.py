@@ -19,6 +19,7 @@ from edmlab.sampling.sampler import sample
 from edmlab.sampling.solvers import (SOLVERS, Churn, CountingDenoiser, ProbabilityFlow, sample_adaptive, sample_deis,
                                      sample_dpmpp_2m, sample_dpmpp_3m, sample_euler, sample_heun, sample_ipndm,
                                      sample_ipndm_v, sample_unipc)
+from edmlab.sampling.solvers.ancestral import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_euler_ancestral
 
 __all__ = [
     "sample", "load", "save_network", "GaussianMixture", "time_steps", "sigma_steps", "sigma_range", "make_flow",
@@ -29,5 +30,5 @@ __all__ = [
     "VPNoise", "VENoise", "EDMNoise", "InverseVariance", "EDMWeighting", "DEFAULT_SIGMA_RANGE",
     "SOLVERS", "Churn", "ProbabilityFlow", "sample_euler", "sample_heun", "nfe", "plan", "Plan", "CountingDenoiser",
     "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc",
-    "sample_adaptive",
+    "sample_adaptive", "sample_euler_ancestral", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
 ]

@@ -193,8 +193,8 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
          steps=None, denoiser=None, **solver_options) -> Plan:
     """Check every sampler argument (a one-line ValueError naming a bad one) and resolve the grid: ``num_steps``
     noise levels (None: 18, EDM), or the levels and final step that spend exactly ``nfe`` denoiser calls.
-    ``solver_options``: the options of ``edmlab.sampling.solvers.OPTIONS`` (alpha, max_order, rtol, atol), each
-    taken by the solvers whose record lists it."""
+    ``solver_options``: the options of ``edmlab.sampling.solvers.OPTIONS`` (alpha, max_order, rtol, atol, eta,
+    noise_scale, solver_type), each taken by the solvers whose record lists it."""
     record = choose("solver", solver, SOLVERS)
     _validate(num_steps, rho, S_churn, S_noise)
     if num_steps is not None and nfe is not None:

@@ -15,15 +15,15 @@ def sample(denoiser, latents: torch.Tensor, *, generator=None, callback=None, cl
     """Draw samples by solving EDM's probability-flow ODE (or its churned SDE) from σ_max to 0.
 
     ``sampler_kwargs`` are those of ``plan`` (solver, discretization, schedule, scaling, num_steps | nfe, sigma_min,
-    sigma_max, rho, S_churn, S_min, S_max, S_noise, final_step, afs, steps, …, and the solver options alpha,
-    max_order, rtol, atol). ``denoiser(x, sigma)`` returns D(x; σ) for ``sigma`` of shape [N]; its optional
+    sigma_max, rho, S_churn, S_min, S_max, S_noise, final_step, afs, steps, shift, …, and the solver options of
+    ``edmlab.sampling.solvers.OPTIONS``: alpha, max_order, rtol, atol, eta, noise_scale, solver_type). ``denoiser(x, sigma)`` returns D(x; σ) for ``sigma`` of shape [N]; its optional
     ``sigma_min``, ``sigma_max``, ``round_sigma`` and ``sigma_data`` are honoured. ``latents`` are unscaled N(0, I) draws; the
     sampler starts at x_0 = latents·σ(t_0)·s(t_0) and runs in float64 whatever the network's precision.
     ``num_steps`` noise levels (None: EDM's 18) or ``nfe`` denoiser calls (the solver picks its levels and
     ``final_step``); ``max_order``, ``final_step``, ``afs``, ``rtol``/``atol`` as ``edmlab.sampling.solvers`` documents.
     ``discretization="custom"`` walks ``steps`` (a σ list, largest first, or a steps file of
-    ``edmlab.sampling.search_steps``). ``generator`` feeds the churn noise: a ``torch.Generator``, or ``edmlab.SeedStreams``
-    for per-sample streams. ``callback`` receives a dict (i, sigma, x, denoised, …) after every step. ``guide``:
+    ``edmlab.sampling.search_steps``). ``generator`` feeds the churn and ancestral/SDE noise: a ``torch.Generator``,
+    or ``edmlab.SeedStreams`` for per-sample streams. ``callback`` receives a dict (i, sigma, x, denoised, …) after every step. ``guide``:
     a second denoiser, with D = D_guide + guidance·(D − D_guide) inside ``guidance_interval`` (None: everywhere):
     [σ_lo, σ_hi] for ``guidance_interval_by="sigma"``, or the steps [first, last] (0-based, both calls of each) for
     ``"step"``, the rule of Kynkäänniemi et al.'s released sampler (``edmlab.design.guidance``; wrap the denoiser in
