@@ -4,6 +4,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edmlab.design.guidance import check_guidance
+from edmlab.sampling.likelihood import DIVERGENCES, PROBES
 from edmlab.sampling.planning import sampler_keys
 from edmlab.evaluation.subject import bench_presets
 from edmlab.infra.checks import is_int
@@ -39,12 +40,29 @@ def check_config(cfg: DictConfig) -> None:
          f"metrics.fd_dinov2.batch={dino.get('batch')!r} must be an integer >= 1")
     need(dino.get("method", "sqrtm") in ("sqrtm", "eigh"),
          f"metrics.fd_dinov2.method={dino.get('method')!r}: choose sqrtm (NVlabs/edm2) or eigh")
+    check_nll(cfg.metrics.get("nll") or {})
     if cfg.guide is not None:
         check_guidance(cfg.guidance, cfg.guidance_interval, cfg.guidance_interval_by)
     allowed = sampler_keys() | SAMPLE_GUIDANCE
     unknown = sorted(set(cfg.sampler) - allowed)
     need(not unknown, f"sampler.{unknown[0] if unknown else ''} is not an argument of edmlab.sample; "
                       f"choose from {sorted(allowed)}")
+
+
+def check_nll(nll) -> None:
+    """``metrics.nll``: the held-out log-likelihood's options (``edmlab.sampling.likelihood``)."""
+    need(isinstance(nll.get("enabled", False), bool),
+         f"metrics.nll.enabled={nll.get('enabled')!r} must be true or false")
+    for key in ("num_samples", "probes"):
+        value = nll.get(key, 1)
+        need(is_int(value) and value >= 1, f"metrics.nll.{key}={value!r} must be an integer >= 1")
+    for key, choices in (("divergence", DIVERGENCES), ("probe", PROBES)):
+        value = nll.get(key, choices[0])
+        need(value in choices, f"metrics.nll.{key}={value!r}: choose one of {', '.join(choices)}")
+    for key in ("rtol", "atol"):
+        value = nll.get(key, 1e-5)
+        need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"),
+             f"metrics.nll.{key}={value!r} must be a number > 0")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -29,7 +29,8 @@ from edmlab.infra.threads import num_threads
 from edmlab.evaluation.config import check_config, config_summary, need, resolve_device
 from edmlab.evaluation.outputs import log_to_wandb, save_picture, save_samples, write_json
 from edmlab.evaluation.reference import ode_error
-from edmlab.evaluation.scoring import DINOv2Scores, InceptionScores, check_references, dataset_scorer
+from edmlab.evaluation.scoring import (DINOv2Scores, InceptionScores, check_references, dataset_scorer,
+                                       held_out_data, nll_enabled, nll_scores)
 from edmlab.evaluation.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
                                   or cfg.metrics.get("fd_dinov2", {}).get("enabled", False)),
          f"FID/KID/IS/precision-recall/FD-DINOv2 score images, but {cfg.ckpt} makes points; drop "
          f"metrics.fid.ref/kid/isc/prc and metrics.fd_dinov2.enabled")
+    if nll_enabled(cfg.metrics):  # refused before sampling when the subject has no held-out data to score
+        ranks.agree(held_out_data, subject, 1, cfg.class_label)
     todo = plan(denoiser=subject.denoiser, **{k: v for k, v in sampler_kwargs.items() if k in sampler_keys()})
     levels = todo.sigmas
     sigma_start = float(levels[0])
@@ -107,6 +110,13 @@ def score_on_rank_zero(cfg: DictConfig, subject: Subject, drawn: Drawn, sampler_
     if scorer is not None:
         scores.update(scorer(drawn.samples))
         extra["floor"] = scorer.floor(len(drawn.samples))
+    if nll_enabled(mcfg):
+        sigma_range = plan(denoiser=subject.denoiser,
+                           **{k: v for k, v in sampler_kwargs.items() if k in sampler_keys()}).sigma_range
+        nll, floor = nll_scores(mcfg.nll, subject, cfg.class_label, sigma_range, int(cfg.batch))
+        scores.update(nll)
+        if floor:
+            extra["floor"] = {**extra.get("floor", {}), **floor}
     return scores, extra
 
 

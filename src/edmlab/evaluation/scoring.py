@@ -14,7 +14,12 @@
 - any image model with ``metrics.fd_dinov2.enabled``: EDM2's FD-DINOv2, the same Fréchet distance of DINOv2
   ViT-L/14 features (``edmlab.evaluation.metrics.dinov2``) against ``metrics.fd_dinov2.ref`` (NVlabs/edm2's dataset-refs
   ``.pkl``, or ``ref_stats --detector dinov2``), over the same seed ranges as FID.
+- ``metrics.nll.enabled``: the negative log-likelihood of held-out data through the probability-flow ODE
+  (``edmlab.sampling.likelihood``; ``nll`` in nats per sample, ``bits_per_dim`` for images, dequantized on their
+  levels), over the sampler's σ range; for a mixture, the true density's NLL of the same points as its floor.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -200,3 +205,95 @@ class DINOv2Scores:
         if statistics is not None:
             return {"fd_dinov2": frechet_distance(*statistics, *self.ref, method=self.method)}
         return {"fd_dinov2": frechet_distance_to_statistics(out["dinov2"], *self.ref, method=self.method)}
+
+
+NLL_SEED = 2718  # the bench's held-out draws; + 1: the dequantization noise, + 2: Hutchinson's probes
+IMAGE_LEVELS = {"DigitsDataset": 17}  # the level count of each image data set with a held-out split (digits: k/8 − 1)
+
+
+def nll_enabled(mcfg) -> bool:
+    return bool((mcfg.get("nll") or {}).get("enabled", False))
+
+
+@dataclass
+class HeldOut:
+    """The data ``metrics.nll`` scores: points or images, their class indices (None: unconditional) and the
+    images' level count in [−1, 1] (None: continuous points)."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    levels: int | None
+
+
+def held_out_data(subject: Subject, num_samples: int, class_label: int | None) -> HeldOut:
+    """The first ``num_samples`` held-out items of the subject's data (of class ``class_label`` when given): draws of
+    the bench's mixture (seed ``NLL_SEED``), else the data set's held-out split; refused in one line when there is
+    none, or when the images' levels (needed for bits/dim) are not known."""
+    if subject.dataset is None and subject.mixture is not None:
+        mixture = subject.mixture if class_label is None else component(subject.mixture, class_label)
+        x = mixture.sample(num_samples, torch.Generator().manual_seed(NLL_SEED))
+        return HeldOut(x, None if class_label is None else torch.full((num_samples,), class_label), None)
+    base = getattr(subject.dataset, "base", subject.dataset)
+    name = type(base).__name__
+    missing = ("no held-out split" if not hasattr(base, "held_out") else
+               "images of unknown levels in [-1, 1]" if subject.is_image and name not in IMAGE_LEVELS else None)
+    if missing:
+        raise ValueError(f"metrics.nll needs held-out data of a known range, but this {subject.kind} has {missing}: "
+                         f"use ckpt=bench:<preset>, a points run or an image run of {', '.join(IMAGE_LEVELS)} (or "
+                         f"metrics.nll.enabled=false)")
+    held = base.held_out()
+    items = [held[i] for i in range(len(held))]
+    if class_label is not None:
+        items = [item for item in items if int(item[1]) == class_label]
+    items = items[:num_samples]
+    x = torch.stack([item[0] for item in items])
+    labels = torch.stack([torch.as_tensor(item[1]) for item in items]) if subject.label_dim else None
+    return HeldOut(x, labels, IMAGE_LEVELS[name] if subject.is_image else None)
+
+
+def true_log_prob(mixture, x: torch.Tensor, sigma: float, labels: torch.Tensor | None) -> torch.Tensor:
+    """log p(x; σ) of the mixture, or of each point's own component when ``labels`` are given."""
+    if labels is None:
+        return mixture.log_prob(x, sigma)
+    out = torch.empty(len(x), dtype=torch.float64)
+    for k in labels.unique().tolist():
+        rows = labels == k
+        out[rows] = component(mixture, k).log_prob(x[rows], sigma)
+    return out
+
+
+def nll_scores(ncfg, subject: Subject, class_label: int | None, sigma_range: tuple[float, float],
+               batch: int) -> tuple[dict, dict]:
+    """(scores, floor) of ``metrics.nll``: ``nll`` = −mean log p (nats per sample) of the held-out data over
+    σ_min → σ_max, its standard error ``nll_sem``, denoiser calls per item ``nll_nfe``, the count, and for images
+    ``bits_per_dim`` (uniform dequantization on the data's levels); floor: ``nll_floor``, the true mixture's."""
+    from edmlab.sampling.likelihood import bits_per_dim, dequantize, gaussian_log_prob, ode_to_noise
+
+    held = held_out_data(subject, int(ncfg.num_samples), class_label)
+    x = held.x.to(torch.float64)
+    if held.levels is not None:
+        x = dequantize(x, held.levels, generator=torch.Generator().manual_seed(NLL_SEED + 1))
+    onehot = (torch.eye(subject.label_dim, dtype=torch.float64)[held.labels]
+              if subject.label_dim and held.labels is not None else None)
+    lo, hi = sigma_range
+    probes = torch.Generator().manual_seed(NLL_SEED + 2)
+    log_p, calls = [], []
+    for start in range(0, len(x), batch):
+        rows = slice(start, start + batch)
+        flow = ode_to_noise(subject.denoiser, x[rows].to(subject.device), sigma_min=lo, sigma_max=hi,
+                            divergence=str(ncfg.divergence), probes=int(ncfg.probes), probe=str(ncfg.probe),
+                            rtol=float(ncfg.rtol), atol=float(ncfg.atol), generator=probes,
+                            class_labels=None if onehot is None else onehot[rows].to(subject.device))
+        log_p.append((gaussian_log_prob(flow.latent, hi) + flow.integral).cpu())
+        calls.append(flow.nfe.cpu())
+    log_p, calls = torch.cat(log_p), torch.cat(calls)
+    n = len(log_p)
+    scores = {"nll": -log_p.mean().item(), "nll_sem": (log_p.std() / n**0.5).item() if n > 1 else 0.0,
+              "nll_nfe": calls.double().mean().item(), "nll_num_samples": n}
+    if held.levels is not None:
+        scores["bits_per_dim"] = bits_per_dim(log_p, x[0].numel(), "uniform", held.levels).mean().item()
+    floor = {}
+    if subject.mixture is not None:
+        truth = true_log_prob(subject.mixture, x, lo, held.labels if onehot is not None else None)
+        floor["nll_floor"] = -truth.mean().item()
+    return scores, floor
