@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edmlab"
-LAYERS = {"infra": 0, "nets": 1, "data": 1, "design": 2, "sampling": 3, "io": 4, "viz": 4, "evaluation": 5,
-          "training": 6, "cli": 7}
+LAYERS = {"infra": 0, "nets": 1, "data": 1, "codec": 1, "design": 2, "sampling": 3, "io": 4, "viz": 4,
+          "evaluation": 5, "training": 6, "cli": 7}
 TOP = max(LAYERS.values()) + 1  # edmlab/__init__.py
 FRAMEWORKS = ("lightning", "hydra", "omegaconf", "wandb")
 CORE = ("nets", "data", "design", "sampling", "io")

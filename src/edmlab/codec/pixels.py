@@ -1,0 +1,30 @@
+"""The identity codec (``codec=pixels``): the network works on the images themselves, in [−1, 1] as edmlab's
+image data sets give them (EDM2's ``StandardRGBEncoder``: x/127.5 − 1 in, (x·127.5 + 128) clipped to uint8 out)."""
+import torch
+
+from edmlab.codec import Codec, precision, signed_range
+from edmlab.infra.images import to_uint8
+
+
+class PixelCodec(Codec):
+    """Moments = latents = images in [−1, 1]; ``sample`` draws nothing; ``decode`` is ``infra.images.to_uint8``."""
+
+    name = "pixels"
+
+    def __init__(self, batch_size: int = 8, dtype: str = "float32"):
+        self.batch_size, self.dtype = int(batch_size), precision(dtype)
+
+    def latent_shape(self, shape) -> tuple:
+        return tuple(int(s) for s in shape)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return signed_range(images)
+
+    def sample(self, moments: torch.Tensor, generator=None) -> torch.Tensor:
+        return moments.to(torch.float32)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return to_uint8(latents)
+
+    def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.to(torch.float32)
