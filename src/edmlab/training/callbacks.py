@@ -75,7 +75,8 @@ class ProgressStats(L.Callback):
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end) draw ``num_images`` with the configured sampler
-    from the EMA weights, always from the same seeds, and save ``samples/step_XXXXXXX.png``; logged to W&B too."""
+    from the EMA weights, always from the same seeds, and save ``samples/step_XXXXXXX.png``; sent to W&B and
+    TensorBoard too."""
 
     def __init__(self, output_dir: str, every_n_steps: int = 1000, num_images: int = 64, seed: int = 0,
                  scale: int = 4):
