@@ -4,10 +4,12 @@ one step, last.ckpt, network.pt, the final report, the end-of-run summary) again
 and torchvision). Both run one after the other in each repeat, so they share the machine's load; the table gives
 their medians and the ratio.
 
-    python benchmarks/startup.py [--repeats 3] [-- extra src/train.py overrides ...]
+    python benchmarks/startup.py [--repeats 3] [--threads N] [-- extra src/train.py overrides ...]
 
 The runs land in a temporary directory (removed afterwards). Measure on a quiet machine: two torch processes on two
-cores slow each other down several times, so the 1-minute load average is printed with the table.
+cores slow each other down several times (torch's intra-op threads wait on each other: a 1-step run measured 40 s
+with 2 threads beside another training process, 7.6 s with --threads 1), so the 1-minute load average is printed
+with the table. ``--threads N`` sets OMP_NUM_THREADS for both commands.
 """
 import argparse
 import os
@@ -23,22 +25,23 @@ IMPORT = [sys.executable, "-c", "import torch, lightning"]
 TRAIN = [sys.executable, str(ROOT / "src" / "train.py"), "trainer.max_steps=1"]
 
 
-def wall_time(command: list[str], cwd: Path) -> float:
+def wall_time(command: list[str], cwd: Path, env: dict | None = None) -> float:
     """Seconds ``command`` takes from start to exit; a failing command stops the benchmark with its stderr."""
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"error: {' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return seconds
 
 
-def measure(repeats: int, extra: list[str]) -> dict[str, list[float]]:
+def measure(repeats: int, extra: list[str], threads: int | None = None) -> dict[str, list[float]]:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     times = {"import": [], "train": []}
     with tempfile.TemporaryDirectory(prefix="edmlab_startup_") as folder:
         for k in range(repeats):
-            times["import"].append(wall_time(IMPORT, Path(folder)))
-            times["train"].append(wall_time([*TRAIN, f"hydra.run.dir=run_{k}", *extra], Path(folder)))
+            times["import"].append(wall_time(IMPORT, Path(folder), env))
+            times["train"].append(wall_time([*TRAIN, f"hydra.run.dir=run_{k}", *extra], Path(folder), env))
     return times
 
 
@@ -55,12 +58,16 @@ def table(times: dict[str, list[float]], extra: list[str]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both commands (default: inherit)")
     parser.add_argument("extra", nargs="*", help="more src/train.py overrides (after --)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
-    print(f"load average (1 min) at the start: {os.getloadavg()[0]:.2f}")
-    print(table(measure(args.repeats, args.extra), args.extra))
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads={args.threads} must be >= 1")
+    print(f"load average (1 min) at the start: {os.getloadavg()[0]:.2f}"
+          + (f"; OMP_NUM_THREADS={args.threads}" if args.threads else ""))
+    print(table(measure(args.repeats, args.extra, args.threads), args.extra))
 
 
 if __name__ == "__main__":
