@@ -13,6 +13,7 @@ from edmlab.design.schedules import FlowSchedule, LinearSchedule, VESchedule, VP
 from edmlab.design.training_noise import (EDMNoise, LogitNormalNoise, ModeNoise, UniformTNoise, VENoise,
                                            VPNoise)
 from edmlab.io.network_file import load, save_network
+from edmlab.sampling.likelihood import bits_per_dim, dequantize, log_likelihood
 from edmlab.sampling.planning import Plan, make_flow, nfe, plan, sigma_range, sigma_steps, time_steps
 from edmlab.sampling.rng import SeedStreams
 from edmlab.sampling.sampler import sample
@@ -30,5 +31,5 @@ __all__ = [
     "VPNoise", "VENoise", "EDMNoise", "InverseVariance", "EDMWeighting", "DEFAULT_SIGMA_RANGE",
     "SOLVERS", "Churn", "ProbabilityFlow", "sample_euler", "sample_heun", "nfe", "plan", "Plan", "CountingDenoiser",
     "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc",
-    "sample_adaptive", "sample_euler_ancestral", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
+    "sample_adaptive", "log_likelihood", "bits_per_dim", "dequantize", "sample_euler_ancestral", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
 ]
