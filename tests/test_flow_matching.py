@@ -186,3 +186,20 @@ def test_euler_on_the_flow_grid_is_the_flow_matching_euler_step():
             v = net(torch.cat([x.float(), torch.full((8, 1), t)], 1)).double()
             x = x + (t_next - t) * v
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset, base", [("cifar10_uncond_flow", "cifar10_uncond_ddpmpp"), ("digits_flow", "digits")])
+def test_the_flow_presets_are_their_edm_recipe_with_the_flow_rows(preset, base, tmp_path):
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    flow, edm = (OmegaConf.to_container(compose("train", [f"experiment={name}"], tmp_path), resolve=False)
+                 for name in (preset, base))
+    rows = ("preconditioning", "loss_weighting", "noise_distribution", "task_name", "hydra")
+    assert {k: v for k, v in flow.items() if k not in (*rows, "sampler")} == {
+        k: v for k, v in edm.items() if k not in (*rows, "sampler")}
+    assert (flow["preconditioning"]["_target_"], flow["noise_distribution"]["_target_"]) == (
+        "edmlab.FlowPrecond", "edmlab.LogitNormalNoise")
+    assert (flow["sampler"]["schedule"], flow["sampler"]["scaling"]) == ("flow", "flow")
+    weighting = flow["loss_weighting"].get("base", flow["loss_weighting"])
+    assert weighting["_target_"] == "edmlab.FlowWeighting"

@@ -94,6 +94,7 @@ EDM_RUNS = {
     "cifar10_cond_ncsnpp":   ("ncsnpp", True, 512, 1e-3, 0.5, 0.13, 0.12, 200, [2, 2, 2], 10, False),
     "cifar10_uncond_ddpmpp": ("ddpmpp", False, 512, 1e-3, 0.5, 0.13, 0.12, 200, [2, 2, 2], 10, False),
     "cifar10_uncond_ncsnpp": ("ncsnpp", False, 512, 1e-3, 0.5, 0.13, 0.12, 200, [2, 2, 2], 10, False),
+    "cifar10_uncond_flow":   ("ddpmpp", False, 512, 1e-3, 0.5, 0.13, 0.12, 200, [2, 2, 2], 10, False),  # flow rows
     "ffhq64_ddpmpp":         ("ddpmpp", False, 256, 2e-4, 0.5, 0.05, 0.15, 200, [1, 2, 2, 2], 10, False),
     "ffhq64_ncsnpp":         ("ncsnpp", False, 256, 2e-4, 0.5, 0.05, 0.15, 200, [1, 2, 2, 2], 10, False),
     "afhqv2_64_ddpmpp":      ("ddpmpp", False, 256, 2e-4, 0.5, 0.25, 0.15, 200, [1, 2, 2, 2], 10, False),
