@@ -41,3 +41,23 @@ def test_share_threads_sets_torch_and_refuses_zero():
             threads.share_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_joblib_sweep_job_and_a_torchrun_rank_count_as_parallel_jobs(monkeypatch):
+    from edmlab.infra import jobs
+
+    monkeypatch.setattr(jobs, "in_multirun", lambda: False)
+    assert jobs.parallel_jobs(environ={}) == 1
+    assert jobs.parallel_jobs(environ={"LOCAL_WORLD_SIZE": "4"}) == 4
+
+
+def test_bad_threads_settings_are_named_before_anything_runs(tmp_path):
+    from conftest import compose
+
+    from edmlab.evaluation.config import check_config
+    from edmlab.training.run import ConfigError, check_train_config
+
+    with pytest.raises(ConfigError, match=r"threads=0"):
+        check_train_config(compose("train", ["threads=0"], tmp_path))
+    with pytest.raises(ValueError, match=r"threads='two' must be an integer >= 1, or null"):
+        check_config(compose("eval", ["ckpt=bench:ring8", "threads=two"], tmp_path))

@@ -24,6 +24,8 @@ def check_config(cfg: DictConfig) -> None:
          "ckpt is required: ckpt=<run dir | network.pt | checkpoints/last.ckpt> of src/train.py, or "
          f"ckpt=bench:<preset> for the exact Gaussian-mixture denoiser ({', '.join(sorted(bench_presets()))})")
     need(is_int(cfg.num_samples) and cfg.num_samples >= 1, f"num_samples={cfg.num_samples!r} must be an integer >= 1")
+    need(cfg.get("threads") is None or (is_int(cfg.threads) and cfg.threads >= 1),
+         f"threads={cfg.get('threads')!r} must be an integer >= 1, or null (this job's share of the cores)")
     need(is_int(cfg.seeds) and cfg.seeds >= 0,
          f"seeds={cfg.seeds!r} must be an integer >= 0 (image k uses seed seeds+k)")
     need(is_int(cfg.batch) and cfg.batch >= 1, f"batch={cfg.batch!r} must be an integer >= 1")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from edmlab.infra.jobs import failure_message, in_multirun, job_info, print_job_failure
+from edmlab.infra.jobs import failure_message, in_multirun, job_info, print_job_failure, share_the_machine
 from edmlab.infra.distributed import Ranks, env_ranks, init_process_group, rank_device
 from edmlab.sampling.generation import Drawn, draw
 from edmlab.design.guidance import GuidedDenoiser, guided_nfe
@@ -40,6 +40,7 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     """Sample, score and save; return the metrics.json record and the samples.png path (rank 0; None, None on
     the other ranks)."""
     check_config(cfg)
+    share_the_machine(cfg.get("threads"))
     ranks.agree(check_references, cfg.metrics)
     need(cfg.num_samples >= ranks.world, f"num_samples={cfg.num_samples} is fewer than the {ranks.world} processes: "
                                          f"ask for at least one sample per process")

@@ -70,6 +70,31 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def parallel_jobs(environ=os.environ) -> int:
+    """Processes of this job type sharing the machine: the joblib launcher's ``n_jobs`` in a multirun (1 for
+    Hydra's basic launcher), times torchrun's / SLURM's processes per node (``LOCAL_WORLD_SIZE``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    jobs = 1
+    if in_multirun():
+        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+        jobs = int(n_jobs) if isinstance(n_jobs, int) and n_jobs > 0 else 1
+    return jobs * max(1, int(environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
+def share_the_machine(threads) -> int:
+    """torch's threads for this job (``threads=`` of train.yaml/eval.yaml): the given count, else its share of the
+    cores it really has (``edmlab.infra.threads``; ``OMP_NUM_THREADS`` first), and one INFO line when shared."""
+    from edmlab.infra.threads import share_threads
+
+    jobs = parallel_jobs() if threads is None else 1
+    count = share_threads(threads, parallel_jobs=jobs)
+    if jobs > 1:
+        logging.getLogger("edmlab").info("%d parallel jobs on this machine: %d torch thread(s) each", jobs, count)
+    return count
+
+
 def is_process_zero() -> bool:
     """Rank 0 of torchrun/SLURM and not one of Lightning's DDP children (RANK and LOCAL_RANK 0 or unset): the one
     process that writes a job's failure record or removes its run dir."""

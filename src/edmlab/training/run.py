@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from edmlab.design.augment import AUGMENT_DIM
 from edmlab.infra.files import atomic_write_text
+from edmlab.infra.jobs import share_the_machine
 from edmlab.training.callbacks import FinalReport
 from edmlab.training.checkpoint_io import SafeCheckpointIO, read_checkpoint
 from edmlab.training.guard import Interrupted, RunGuard, guarded_first
@@ -89,9 +90,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if ema.get("snapshot_kimg") is not None:
         _number("ema.snapshot_kimg", ema.snapshot_kimg, low=0, low_open=True)
     _number("trainer.max_steps", cfg.trainer.get("max_steps"), integer=True, low=-1, allow_none=True)
+    _number("threads", cfg.get("threads"), integer=True, low=1, allow_none=True)
     for key in ("compile", "channels_last"):
         _need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r} must be true or false")
-    for group in ("network", "preconditioning", "noise_distribution", "loss_weighting", "augment", "data"):
+    for group in ("network", "preconditioning", "noise_distribution", "loss_weighting", "augment", "data", "ema",
+                  "lr_schedule"):
         _typed_like_defaults(group, cfg.get(group))
     check_tags(cfg.get("tags"))
 
@@ -253,6 +256,7 @@ def build(cfg: DictConfig):
     from edmlab.training.module import EDMModule
 
     check_train_config(cfg)
+    share_the_machine(cfg.get("threads"))
     ckpt = checkpoint_file(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if ckpt is not None:
         with open_dict(cfg):
