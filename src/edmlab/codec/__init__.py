@@ -48,12 +48,13 @@ def signed_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian(like: torch.Tensor, generator=None) -> torch.Tensor:
-    """ε ~ N(0, I) shaped like ``like``: from a ``torch.Generator``, from an object with ``randn(shape)`` (edmlab's
+    """ε ~ N(0, I) shaped like ``like``, filled in its memory order as ``randn_like`` does (a channels-last VAE
+    output gets the draws of EDM2's ``randn_like``): from a ``torch.Generator``, from an object with ``randn(shape)`` (edmlab's
     per-seed streams draw ``[N, *shape]``, one stream per row), or from torch's global generator (None)."""
     if generator is None:
         return torch.randn_like(like)
     if isinstance(generator, torch.Generator):
-        return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+        return torch.empty_like(like, device=generator.device).normal_(generator=generator).to(like.device)
     return generator.randn(list(like.shape[1:])).to(like.device, like.dtype)
 
 
