@@ -346,6 +346,11 @@ def test_data_that_does_not_fit_the_codec(tmp_path, vae_dir):
         LatentDataset(six, channels=8)
     with pytest.raises(ValueError, match=r"holds 6-channel latents; codec=sd_vae with 4 latent channels expects 8"):
         codec.check_data(LatentDataset(six).shape, six)
+    with pytest.raises(ValueError, match=r"six.zip holds 6-channel items, which look like the moments of a latent "
+                                         r"data set; train on them with codec=sd_vae"):
+        PixelCodec().check_data(LatentDataset(six).shape, six)
+    PixelCodec().check_data((3, 32, 32), "cifar10")
+    codec.check_data((8, 64, 64), "img512-sd.zip")
     objects = tmp_path / "objects"
     (objects / "00000").mkdir(parents=True)
     np.save(objects / "00000/img-mean-std-00000000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)

@@ -67,6 +67,9 @@ class Codec:
     def latent_shape(self, shape) -> tuple:
         raise NotImplementedError
 
+    def check_data(self, shape, where) -> None:
+        """Refuse, in one line naming ``where``, a data set whose item shape this codec cannot train on."""
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -17,6 +17,11 @@ class PixelCodec(Codec):
     def latent_shape(self, shape) -> tuple:
         return tuple(int(s) for s in shape)
 
+    def check_data(self, shape, where) -> None:
+        if len(shape) == 3 and int(shape[0]) not in (1, 3):
+            raise ValueError(f"{where} holds {int(shape[0])}-channel items, which look like the moments of a latent "
+                             f"data set; train on them with codec=sd_vae codec.vae_path=DIR (or use an image set)")
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return signed_range(images)
 
