@@ -72,7 +72,8 @@ def encode_share(codec, images, indices, work: Path, batch: int, device, quiet: 
         for i, array in zip(chunk, moments):
             path = work / latent_name(i)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f, data=npy_bytes(array): f.write(data))
+            data = npy_bytes(array)
+            atomic_write(path, lambda f, data=data: f.write(data))
         bar.update(len(chunk))
     bar.close()
     return len(todo)

@@ -49,8 +49,9 @@ def signed_range(images: torch.Tensor) -> torch.Tensor:
 
 def gaussian(like: torch.Tensor, generator=None) -> torch.Tensor:
     """ε ~ N(0, I) shaped like ``like``, filled in its memory order as ``randn_like`` does (a channels-last VAE
-    output gets the draws of EDM2's ``randn_like``): from a ``torch.Generator``, from an object with ``randn(shape)`` (edmlab's
-    per-seed streams draw ``[N, *shape]``, one stream per row), or from torch's global generator (None)."""
+    output gets the draws of EDM2's ``randn_like``): from a ``torch.Generator``, from an object with
+    ``randn(shape)`` (edmlab's per-seed streams draw ``[N, *shape]``, one stream per row), or from torch's global
+    generator (None)."""
     if generator is None:
         return torch.randn_like(like)
     if isinstance(generator, torch.Generator):

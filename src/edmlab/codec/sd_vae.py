@@ -33,7 +33,8 @@ def normalisation(raw_mean, raw_std, final_mean=0.0, final_std=0.5) -> tuple[np.
 def read_vae_config(vae_path, latent_channels: int | None = None) -> dict:
     """The ``config.json`` of the VAE folder ``vae_path``, checked: an AutoencoderKL from RGB to RGB (with
     ``latent_channels`` latent channels when given) whose weights are in ``diffusion_pytorch_model.safetensors``."""
-    expected = f"a local folder with {CONFIG} + {WEIGHTS} (AutoencoderKL.save_pretrained, e.g. stabilityai/sd-vae-ft-mse)"
+    expected = (f"a local folder with {CONFIG} + {WEIGHTS} (AutoencoderKL.save_pretrained, e.g. "
+                f"stabilityai/sd-vae-ft-mse)")
     if vae_path is None or str(vae_path) in ("", "???"):
         raise ValueError(f"codec=sd_vae needs codec.vae_path: {expected}; edmlab downloads nothing")
     folder = Path(os.path.expanduser(str(vae_path)))
