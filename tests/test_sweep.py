@@ -274,3 +274,10 @@ def test_csv_columns_put_the_axes_first_and_sigma_bins_in_numeric_order(tmp_path
     assert section(text, "digits_fd by seed") == ["|  | digits_fd |", "|---|---:|", "| all jobs | 20.50 ± 0.50 |",
                                                   "| real data (floor) | 12 |"]
     assert "n = 2 per cell" in text
+
+
+def test_an_s_e_of_float_rounding_prints_as_zero():
+    from edmlab.evaluation.sweep_mean import mean_se_text
+
+    assert mean_se_text(0.946, 7.9e-17) == "0.946 ± 0"
+    assert mean_se_text(2.5, 0.6455) == "2.50 ± 0.65"

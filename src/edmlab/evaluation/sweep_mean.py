@@ -49,10 +49,10 @@ def swept_axes(jobs) -> list[str]:
 def mean_se_text(mean: float, se: float | None) -> str:
     """"mean ± s.e." as a paper prints it: the s.e. to two significant digits, the mean to the same decimal place
     but to at most five significant digits (2.5, 0.6455 → "2.50 ± 0.65"; 586.2386, 0.0013 → "586.24 ± 0.0013");
-    the mean alone, to four significant digits, without an s.e."""
+    the mean alone, to four significant digits, without an s.e.; an s.e. of float rounding (≤ 1e-12·|mean|) is 0."""
     if se is None or not math.isfinite(se):
         return f"{mean:.4g}"
-    if se == 0:
+    if se <= 1e-12 * abs(mean):  # equal values up to float rounding
         return f"{mean:.4g} ± 0"
     places = 1 - math.floor(math.log10(se))
     mean_places = min(places, 4 - math.floor(math.log10(abs(mean)))) if mean else places
