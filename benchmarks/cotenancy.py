@@ -10,6 +10,7 @@ Each training is the real Lightning loop of ``benchmarks/train_throughput.py`` (
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per training")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps before them")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all three scenarios (medians reported)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -58,18 +60,24 @@ def main() -> None:
     from edmlab.infra.threads import available_cores
 
     cores = available_cores()
-    alone = run(1, 1, None, args)
-    rows = [("one training alone", alone), ("two side by side, default threads", run(2, 1, cores, args)),
-            ("two side by side, shared threads (cores / 2 each)", run(2, 2, None, args))]
-    base = alone[0]["img_per_s"]
-    print(f"# Co-tenancy on {cores} cores: summed training images/s (digits_small, batch 128, {args.steps} steps)\n")
-    print("| runs | threads each | img/s each | summed img/s | summed / alone |")
+    scenarios = [("one training alone", 1, 1, None), ("two side by side, default threads", 2, 1, cores),
+                 ("two side by side, shared threads (cores / 2 each)", 2, 2, None)]
+    sums = {name: [] for name, *_ in scenarios}
+    threads, each = {}, {name: [] for name, *_ in scenarios}
+    for _ in range(args.rounds):  # the scenarios interleaved, so that a burst of other load hits all of them
+        for name, processes, jobs, count in scenarios:
+            results = run(processes, jobs, count, args)
+            sums[name].append(sum(r["img_per_s"] for r in results))
+            each[name] += [r["img_per_s"] for r in results]
+            threads[name] = ", ".join(str(r["threads"]) for r in results)
+    base = statistics.median(sums["one training alone"])
+    print(f"# Co-tenancy on {cores} cores: summed training images/s (digits_small, batch 128, {args.steps} steps), "
+          f"medians of {args.rounds} rounds\n")
+    print("| runs | threads each | median img/s per process | median summed img/s | summed / alone |")
     print("|---|---|---|---|---|")
-    for name, results in rows:
-        total = sum(r["img_per_s"] for r in results)
-        print(f"| {name} | {', '.join(str(r['threads']) for r in results)} | "
-              f"{', '.join(f'{r['img_per_s']:.0f}' for r in results)} | {total:.0f} | {total / base:.2f}× |")
-
+    for name, *_ in scenarios:
+        total = statistics.median(sums[name])
+        print(f"| {name} | {threads[name]} | {statistics.median(each[name]):.0f} | {total:.0f} | {total / base:.2f}× |")
 
 if __name__ == "__main__":
     main()

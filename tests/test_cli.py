@@ -57,6 +57,8 @@ def test_search_steps_help_lists_every_option_with_its_default():
 # convert refuses with exit code 1 (tests/test_nvlabs_pickle.py and tests/test_safe_loading.py hold it to that).
 BAD_INPUTS = {
     "edmlab.cli.convert": (["{tmp}/missing.pkl", "{tmp}/out.pt"], 1, "no network file at {tmp}/missing.pkl; "),
+    "edmlab.cli.encode": (["{tmp}/absent", "{tmp}/out.zip", "--vae-path", "{tmp}/novae"], 2,
+                          "codec.vae_path={tmp}/novae is not a folder"),
     "edmlab.cli.phema": (["{tmp}/norun", "--std", "0.1"], 2, "no run at {tmp}/norun; pass the run directory"),
     "edmlab.cli.ref_stats": (["--data", "{tmp}/absent", "--dest", "{tmp}/ref.npz"], 2,
                              "{tmp}/absent' is neither 'digits', 'cifar10' nor an existing folder/ZIP of images"),

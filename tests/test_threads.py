@@ -33,10 +33,13 @@ def test_omp_num_threads_wins_and_a_bad_one_is_named(monkeypatch):
         threads.thread_share(0, environ={})
 
 
-def test_share_threads_sets_torch_and_refuses_zero():
+def test_share_threads_sets_torch_and_omp_num_threads_and_refuses_zero(monkeypatch):
+    """OMP_NUM_THREADS is set too: without it Lightning's launcher puts torch back to all cores."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # restored after the test
     before = torch.get_num_threads()
     try:
         assert threads.share_threads(1) == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
         with pytest.raises(ValueError, match=r"threads=0 must be >= 1"):
             threads.share_threads(0)
     finally:

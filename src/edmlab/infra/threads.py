@@ -1,7 +1,7 @@
 """torch's thread counts: how many cores this process really has, its share of them, and a block run with a count.
 
 Two processes that each run one intra-op thread per core of a 2-core machine do not share it at half speed each:
-their OpenMP workers spin while waiting for each other and both fall ~10× (docs/results/threads.md). So every
+their OpenMP workers spin while waiting for each other and both fall ~6× (docs/results/threads_and_startup.md). So every
 process takes ``cores / parallel jobs`` threads, and ``OMP_NUM_THREADS`` set by the user wins."""
 import contextlib
 import math
@@ -44,12 +44,14 @@ def thread_share(parallel_jobs: int = 1, environ=os.environ) -> int:
 
 
 def share_threads(threads: int | None = None, parallel_jobs: int = 1) -> int:
-    """Set torch's intra-op (and, once, inter-op) threads to ``threads`` (None: ``thread_share(parallel_jobs)``);
-    returns the count set."""
+    """Set torch's intra-op (and, once, inter-op) threads to ``threads`` (None: ``thread_share(parallel_jobs)``) and
+    ``OMP_NUM_THREADS`` to the same count, which Lightning's launchers and child processes read (without it
+    Lightning sets torch back to all cores / processes); returns the count set."""
     count = thread_share(parallel_jobs) if threads is None else int(threads)
     if count < 1:
         raise ValueError(f"threads={threads!r} must be >= 1 (or null: the cores this job may use)")
     torch.set_num_threads(count)
+    os.environ["OMP_NUM_THREADS"] = str(count)  # Lightning's launcher resets torch's threads unless it is set
     with contextlib.suppress(RuntimeError):  # inter-op threads can be set only before the first parallel work
         torch.set_num_interop_threads(count)
     return count
