@@ -60,6 +60,18 @@ def final_step_in_sigma(model: "DenoiserCalls", x: torch.Tensor, sigma: float, f
     return (x + (0.0 - sigma) * ((x - denoised) / sigma) if final_step == "euler" else denoised), denoised
 
 
+def finish_in_sigma(model: "DenoiserCalls", x: torch.Tensor, sigmas, taken: int, final_step: str, callback=None):
+    """A σ-time solver's end after ``taken`` steps: ``final_step_in_sigma`` from σ_taken (= σ_min), reported to
+    ``callback`` as one more step to σ = 0."""
+    if final_step == "none":
+        return x
+    sigma = sigmas[taken]
+    x, denoised = final_step_in_sigma(model, x, sigma, final_step, first=not taken)
+    if callback is not None:
+        callback(dict(i=taken, sigma=sigma, sigma_next=0.0, x=x, denoised=denoised))
+    return x
+
+
 def check_final_step(final_step) -> str:
     if final_step not in FINAL_STEPS:
         raise ValueError(f"unknown final_step {final_step!r}: choose one of {list(FINAL_STEPS)}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edmlab.design.schedules import VPSchedule
-from edmlab.sampling.solvers.calls import DenoiserCalls, Solver, check_final_step, final_step_in_sigma, identity
+from edmlab.sampling.solvers.calls import DenoiserCalls, Solver, check_final_step, finish_in_sigma, identity
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,7 @@ def _run(denoiser, x, sigmas: list[float], steps: list[Step], eps_form: bool, fi
         x = x_next
         if callback is not None:
             callback(dict(i=i, sigma=sigmas[i], sigma_next=sigmas[i + 1], x=x, denoised=denoised))
-    if final_step == "none":
-        return x
-    sigma = sigmas[len(steps)]
-    x, denoised = final_step_in_sigma(model, x, sigma, final_step, first=not steps)
-    if callback is not None:
-        callback(dict(i=len(steps), sigma=sigma, sigma_next=0.0, x=x, denoised=denoised))
-    return x
+    return finish_in_sigma(model, x, sigmas, len(steps), final_step, callback)
 
 
 def _combine(a: float, x, coefficients, history):
