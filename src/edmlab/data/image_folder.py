@@ -42,24 +42,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if isinstance(decode_at_start, bool) or not isinstance(decode_at_start, int) or decode_at_start < 0:
             raise ValueError(f"decode_at_start must be an integer >= 0 (0: decode on first use only), got "
                              f"decode_at_start={decode_at_start!r}")
-        self.path = os.fspath(path)
-        self._zip = None
-        if os.path.isdir(self.path):
-            self._kind = "dir"
-            names = {os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
-                     for root, _, files in os.walk(self.path) for f in files}
-        elif os.path.isfile(self.path) and self.path.lower().endswith(".zip"):
-            self._kind = "zip"
-            try:
-                names = {n for n in self._archive().namelist() if not n.endswith("/")}
-            except zipfile.BadZipFile as error:
-                raise ValueError(f"{self.path} is not a readable ZIP archive ({error})") from None
-        elif os.path.exists(self.path):
-            raise ValueError(f"Image data set path {self.path} must be a folder or a .zip archive "
-                             f"(set data.dataset.path to one)")
-        else:
-            raise FileNotFoundError(f"Image data set path {self.path} does not exist; set data.dataset.path "
-                                    f"to a folder or ZIP of PNGs (NVlabs/edm dataset_tool.py output)")
+        names = self._list_files(path, "Image", "to a folder or ZIP of PNGs (NVlabs/edm dataset_tool.py output)")
 
         PIL.Image.init()
         extensions = set(PIL.Image.EXTENSION)
@@ -79,6 +62,26 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     self.labels = self.labels[keep]
         if len(self.files) <= decode_at_start:
             self._decode_all()
+
+    def _list_files(self, path, what: str, expected: str) -> set[str]:
+        """Every file name (relative, '/'-separated) of the folder or ZIP at ``path``; ``what`` and ``expected`` name
+        the data set in the one-line errors."""
+        self.path = os.fspath(path)
+        self._zip = None
+        if os.path.isdir(self.path):
+            self._kind = "dir"
+            return {os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
+                    for root, _, files in os.walk(self.path) for f in files}
+        if os.path.isfile(self.path) and self.path.lower().endswith(".zip"):
+            self._kind = "zip"
+            try:
+                return {n for n in self._archive().namelist() if not n.endswith("/")}
+            except zipfile.BadZipFile as error:
+                raise ValueError(f"{self.path} is not a readable ZIP archive ({error})") from None
+        if os.path.exists(self.path):
+            raise ValueError(f"{what} data set path {self.path} must be a folder or a .zip archive "
+                             f"(set data.dataset.path to one)")
+        raise FileNotFoundError(f"{what} data set path {self.path} does not exist; set data.dataset.path {expected}")
 
     def _archive(self) -> zipfile.ZipFile:
         if self._zip is None:

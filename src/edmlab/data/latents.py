@@ -39,27 +39,11 @@ class LatentDataset(torch.utils.data.Dataset):
     _archive, _open, _where, _read_labels = (ImageFolderDataset._archive, ImageFolderDataset._open,
                                              ImageFolderDataset._where, ImageFolderDataset._read_labels)
     __getstate__ = ImageFolderDataset.__getstate__
+    _list_files = ImageFolderDataset._list_files
 
     def __init__(self, path: str, channels: int | None = None, resolution: int | None = None,
                  use_labels: bool = True, max_size: int | None = None, seed: int = 0):
-        self.path = os.fspath(path)
-        self._zip = None
-        if os.path.isdir(self.path):
-            self._kind = "dir"
-            names = {os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
-                     for root, _, files in os.walk(self.path) for f in files}
-        elif os.path.isfile(self.path) and self.path.lower().endswith(".zip"):
-            self._kind = "zip"
-            try:
-                names = {n for n in self._archive().namelist() if not n.endswith("/")}
-            except zipfile.BadZipFile as error:
-                raise ValueError(f"{self.path} is not a readable ZIP archive ({error})") from None
-        elif os.path.exists(self.path):
-            raise ValueError(f"Latent data set path {self.path} must be a folder or a .zip archive "
-                             f"(set data.dataset.path to one)")
-        else:
-            raise FileNotFoundError(f"Latent data set path {self.path} does not exist; set data.dataset.path to the "
-                                    f"folder or ZIP that {ENCODE_HINT} wrote")
+        names = self._list_files(path, "Latent", f"to the folder or ZIP that {ENCODE_HINT} wrote")
         self.files = sorted(n for n in names if n.lower().endswith(".npy"))
         if not self.files:
             PIL.Image.init()
