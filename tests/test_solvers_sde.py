@@ -12,23 +12,10 @@ import edmlab
 from edmlab.sampling.solvers import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_euler_ancestral
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-MIX = edmlab.GaussianMixture([[-1.0, 0.5, 0.0], [1.0, -0.5, 0.3]], [[0.5, 0.6, 0.4], [0.45, 0.5, 0.55]], [0.4, 0.6])
+from test_solvers_multistep import MIX, D, edm_levels, latents  # noqa: F401  (the shared bench and its helpers)
+
 SDE = ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"]
 NOISE_SEED = 7
-
-
-def latents(n, dim=3, seed=0):
-    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def edm_levels(N, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    """EDM Eq. 5."""
-    return [(sigma_max ** (1 / rho) + i / (N - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-            for i in range(N)]
-
-
-def D(x, sigma):
-    return MIX(x, torch.full((len(x),), sigma, dtype=torch.float64))
 
 
 def gaussian_denoiser(x, sigma):

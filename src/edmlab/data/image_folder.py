@@ -52,16 +52,21 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.shape = self._check_images(resolution)
         self.labels, self.num_classes = self._read_labels(names) if use_labels else (None, 0)
 
-        if max_size is not None:
-            if int(max_size) < 1:
-                raise ValueError(f"max_size must be >= 1 or None, got max_size={max_size}")
-            if max_size < len(self.files):
-                keep = np.sort(np.random.default_rng(seed).choice(len(self.files), int(max_size), replace=False))
-                self.files = [self.files[i] for i in keep]
-                if self.labels is not None:
-                    self.labels = self.labels[keep]
+        self._keep_subset(max_size, seed)
         if len(self.files) <= decode_at_start:
             self._decode_all()
+
+    def _keep_subset(self, max_size: int | None, seed: int) -> None:
+        """Keep ``max_size`` files (and their labels) drawn without replacement by ``seed``, in their order."""
+        if max_size is None:
+            return
+        if int(max_size) < 1:
+            raise ValueError(f"max_size must be >= 1 or None, got max_size={max_size}")
+        if max_size < len(self.files):
+            keep = np.sort(np.random.default_rng(seed).choice(len(self.files), int(max_size), replace=False))
+            self.files = [self.files[i] for i in keep]
+            if self.labels is not None:
+                self.labels = self.labels[keep]
 
     def _list_files(self, path, what: str, expected: str) -> set[str]:
         """Every file name (relative, '/'-separated) of the folder or ZIP at ``path``; ``what`` and ``expected`` name

@@ -39,7 +39,7 @@ class LatentDataset(torch.utils.data.Dataset):
     _archive, _open, _where, _read_labels = (ImageFolderDataset._archive, ImageFolderDataset._open,
                                              ImageFolderDataset._where, ImageFolderDataset._read_labels)
     __getstate__ = ImageFolderDataset.__getstate__
-    _list_files = ImageFolderDataset._list_files
+    _list_files, _keep_subset = ImageFolderDataset._list_files, ImageFolderDataset._keep_subset
 
     def __init__(self, path: str, channels: int | None = None, resolution: int | None = None,
                  use_labels: bool = True, max_size: int | None = None, seed: int = 0):
@@ -54,14 +54,7 @@ class LatentDataset(torch.utils.data.Dataset):
         self.shape = self._check_arrays(channels, resolution)
         self.latent_shape = (self.shape[0] // 2, *self.shape[1:])
         self.labels, self.num_classes = self._read_labels(names) if use_labels else (None, 0)
-        if max_size is not None:
-            if int(max_size) < 1:
-                raise ValueError(f"max_size must be >= 1 or None, got max_size={max_size}")
-            if max_size < len(self.files):
-                keep = np.sort(np.random.default_rng(seed).choice(len(self.files), int(max_size), replace=False))
-                self.files = [self.files[i] for i in keep]
-                if self.labels is not None:
-                    self.labels = self.labels[keep]
+        self._keep_subset(max_size, seed)
 
     def _check_arrays(self, channels, resolution) -> tuple[int, int, int]:
         """Header-check every file; return the common item shape ``(2L, H, W)``."""
