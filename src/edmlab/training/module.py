@@ -21,7 +21,8 @@ import torch
 from edmlab.infra.spec import build
 from edmlab.io.network_file import build_denoiser
 from edmlab.sampling.generation import draw
-from edmlab.design.loss import DenoisingLoss
+from edmlab.codec import build_codec
+from edmlab.design.objectives import build_objective
 from edmlab.design.lr_schedules import EDMSchedule
 from edmlab.training.ema import RunFiles
 
@@ -56,7 +57,8 @@ class EDMModule(L.LightningModule):
 
     def __init__(self, model: dict, noise_distribution: dict, loss_weighting: dict, augment: dict | None,
                  optim: dict, ema: dict, sampler: dict, batch_size: int, seed: int = 0, config: dict | None = None,
-                 compile: bool = False, channels_last: bool = False, lr_schedule: dict | None = None):
+                 compile: bool = False, channels_last: bool = False, lr_schedule: dict | None = None,
+                 objective: dict | None = None, codec: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_denoiser(model)
@@ -66,10 +68,11 @@ class EDMModule(L.LightningModule):
         self.ema = self.ema_tracker.averages[0]  # previews and network.pt; with ema=power the first std's EMA
         if len(self.ema_tracker.averages) > 1:
             self.ema_others = torch.nn.ModuleList(self.ema_tracker.averages[1:])
-        self.loss_fn = DenoisingLoss(build(noise_distribution), build(loss_weighting))
+        self.loss_fn = build_objective(objective, build(noise_distribution), build(loss_weighting))
         if isinstance(self.loss_fn.weighting, torch.nn.Module):
             self.loss_weighting = self.loss_fn.weighting  # learned u(σ): trained with the net, saved in checkpoints
         self.augment_pipe = build(augment) if augment else None
+        self.codec = build_codec(codec)
         self.lr_schedule = (build_group("lr_schedule", lr_schedule) if lr_schedule else
                             EDMSchedule(optim["lr"], optim.get("lr_rampup_kimg", 10000)))
         self.batch_size = int(batch_size)

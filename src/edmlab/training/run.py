@@ -282,6 +282,7 @@ def build(cfg: DictConfig):
     module = EDMModule(model=spec,
                        noise_distribution=container["noise_distribution"],
                        loss_weighting=container["loss_weighting"],
+                       objective=container.get("objective"), codec=container.get("codec"),
                        augment=container.get("augment"),
                        optim=container["optim"], ema=container["ema"], sampler=container["sampler"],
                        lr_schedule=container.get("lr_schedule"),
