@@ -1,9 +1,12 @@
 """Searched time steps: the σ grid of one solver and NFE, found on the model itself.
 
 GITS's dynamic programme over a teacher's fine grid, refined by Nelder–Mead on the actual solver's endpoint error
-(``edmlab.sampling.search_steps``), scored against the analytic grids on held-out latents. The steps file written
-to ``--out`` samples with ``src/eval.py discretization=custom sampler.steps=<file>``. An unknown bench, a run
-that is not there or an NFE the solver cannot spend exactly is one line ``error: ...`` with exit code 2.
+(``edmlab.sampling.search_steps``), scored against the analytic grids on held-out latents. ``--objective`` is how the
+per-sample errors e_k are reduced to the one number minimised: mean (1/K)Σe_k (the default), quantile Q_q(e)
+(q = ``--quantile``), mse (1/K)Σe_k², or mix (1/K)Σe_k + w·Q_q(e) (w = ``--tail-weight``); the last three weigh the
+tail, the samples a coarse grid sends to another mode. The steps file written to ``--out`` records it under
+``search.objective`` and samples with ``src/eval.py discretization=custom sampler.steps=<file>``. An unknown bench, a
+run that is not there or an NFE the solver cannot spend exactly is one line ``error: ...`` with exit code 2.
 """
 import inspect
 import json
@@ -13,7 +16,7 @@ from pathlib import Path
 import torch
 
 from edmlab.cli.common import parser, run
-from edmlab.sampling.search_steps import search
+from edmlab.sampling.search_steps import OBJECTIVES, search
 
 DEFAULTS = {name: p.default for name, p in inspect.signature(search).parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -46,6 +49,12 @@ def build_parser():
     cli.add_argument("--teacher-substeps", type=int, default=DEFAULTS["teacher_substeps"],
                      help="Heun steps of the teacher per fine interval")
     cli.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="Nelder–Mead iterations")
+    cli.add_argument("--objective", choices=OBJECTIVES, default=DEFAULTS["objective"],
+                     help="the reduction of the per-sample endpoint errors that the search minimises")
+    cli.add_argument("--quantile", type=float, default=DEFAULTS["quantile"],
+                     help="q of the quantile and mix objectives, in (0, 1)")
+    cli.add_argument("--tail-weight", type=float, default=DEFAULTS["tail_weight"],
+                     help="w of the mix objective (mean + w·quantile), >= 0")
     cli.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the tuning latents")
     cli.add_argument("--sigma-min", type=float, default=DEFAULTS["sigma_min"],
                      help="smallest noise level (raised to the network's own)")
@@ -68,9 +77,11 @@ def main(argv=None) -> dict:
     record = {"model": ckpt} | search(denoiser, shape, label_dim=label_dim, log=print, **args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{'grid':>13}  median ‖x − x*‖   mean ‖x − x*‖   ({record['search']['holdout']} held-out latents)")
+    objective = record["search"]["objective"]["name"]
+    print(f"{'grid':>13}  median ‖x − x*‖   mean ‖x − x*‖   {objective} objective   "
+          f"({record['search']['holdout']} held-out latents)")
     for name, score in record["holdout_error"].items():
-        print(f"{name:>13}  {score['median']:.4g}  {score['mean']:.4g}")
+        print(f"{name:>13}  {score['median']:.4g}  {score['mean']:.4g}  {score['objective']:.4g}")
     print(f"steps ({record['num_steps']} levels, final_step={record['final_step']}): "
           + ", ".join(f"{s:.4g}" for s in record["sigmas"]))
     print(f"wrote {out}: sample with discretization=custom sampler.steps={out}")
