@@ -87,9 +87,7 @@ class SDVAECodec(Codec):
     @property
     def vae(self):
         """diffusers' AutoencoderKL of ``vae_path``, in eval mode without gradients."""
-        if self._vae is None:
-            self._vae = load_vae(self.vae_path, self.dtype)
-        return self._vae
+        return self.load()._vae
 
     def _on(self, device: torch.device):
         vae = self.vae
@@ -102,7 +100,8 @@ class SDVAECodec(Codec):
         return (torch.as_tensor(self.scale, device=like.device).reshape(shape),
                 torch.as_tensor(self.bias, device=like.device).reshape(shape))
 
-    def latent_shape(self, shape) -> tuple:
+    @staticmethod
+    def latent_shape(shape) -> tuple:
         """The network's ``[L, H, W]`` for data items ``[2L, H, W]`` (moments)."""
         channels, *size = (int(s) for s in shape)
         return (channels // 2, *size)
@@ -122,6 +121,18 @@ class SDVAECodec(Codec):
         if channels != 2 * self.channels:
             raise ValueError(f"{where} holds {channels}-channel latents; codec=sd_vae with {self.channels} latent "
                              f"channels expects {2 * self.channels} (mean and std per channel)")
+
+    def check_latents(self, shape, where) -> None:
+        """Refuse a network whose samples are not ``[L, H, W]`` latents of this codec, naming ``where``."""
+        if len(shape) != 3 or int(shape[0]) != self.channels:
+            raise ValueError(f"{where} makes samples of shape {list(shape)}, but codec=sd_vae decodes "
+                             f"{self.channels}-channel latents [{self.channels}, H, W] (codec.raw_mean/raw_std)")
+
+    def load(self) -> "SDVAECodec":
+        """Load the VAE now (once): weights that do not load fail here, before anything is sampled."""
+        if self._vae is None:
+            self._vae = load_vae(self.vae_path, self.dtype)
+        return self
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
