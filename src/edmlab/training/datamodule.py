@@ -17,6 +17,14 @@ import torch
 from edmlab.data.sampler import InfiniteSampler
 
 
+def network_kwargs(shape) -> dict:
+    """The denoiser network's keywords for samples of ``shape``: ``[C, H, W]`` images (or latents) or ``[D]`` points."""
+    if len(shape) == 3:
+        channels, resolution, _ = shape
+        return dict(img_resolution=resolution, in_channels=channels, out_channels=channels)
+    return dict(dim=shape[0])
+
+
 class XFlipDataset(torch.utils.data.Dataset):
     """EDM's dataset-level ``--xflip``: items ``0..n−1`` as they are, items ``n..2n−1`` mirrored left–right."""
 
@@ -113,10 +121,7 @@ class EDMDataModule(L.LightningDataModule):
     @property
     def network_kwargs(self) -> dict:
         """Constructor arguments for the denoiser network that depend on the data."""
-        if len(self.shape) == 3:
-            channels, resolution, _ = self.shape
-            return dict(img_resolution=resolution, in_channels=channels, out_channels=channels)
-        return dict(dim=self.shape[0])
+        return network_kwargs(self.shape)
 
     def sampler(self, rank: int = 0, world_size: int = 1, start: int = 0) -> InfiniteSampler:
         return InfiniteSampler(len(self.train_set), seed=self.seed, rank=rank, world_size=world_size, start=start)

@@ -16,6 +16,7 @@ NVlabs' reduction instead: the sum over pixels, mean over images (so its learnin
 import math
 
 import lightning as L
+import numpy as np
 import torch
 
 from edmlab.infra.spec import build
@@ -128,6 +129,26 @@ class EDMModule(L.LightningModule):
         torch.random.default_generator.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        """Under a latent codec, the data set's moments become the network's x on the device, a fresh latent per
+        minibatch as in EDM2: ``codec.sample(moments)`` with ε drawn for the whole *global* batch of the current step
+        from a generator seeded by (seed, global step), of which this micro-batch takes its rows, as ``_step_draws``
+        does for σ and the noise. A resumed run, or one on W devices, so draws the latents of an uninterrupted
+        one-device run. ``codec=pixels``: the batch as it is."""
+        if self.codec.name == "pixels" or not self.trainer.training:
+            return batch
+        moments, labels = batch
+        trainer = self.trainer
+        step, world, rank, accum = (trainer.global_step, trainer.world_size, trainer.global_rank,
+                                    trainer.accumulate_grad_batches)
+        last_step, last_micro = getattr(self, "_latent_micro_batch", (-1, -1))
+        micro = last_micro + 1 if last_step == step else 0  # a step's micro-batches arrive in order
+        self._latent_micro_batch = (step, micro)
+        b = moments.shape[0]
+        rows = (world * ((micro % accum) * b + torch.arange(b)) + rank).to(moments.device)
+        noise = GlobalBatchNoise(latent_seed(self.seed, step), world * accum * b, rows)
+        return self.codec.sample(moments, noise), labels
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -265,11 +286,34 @@ class EDMModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, seeds, use_ema: bool = True, batch: int | None = None, **overrides) -> torch.Tensor:
         """Samples for a list of seeds (one stream per sample, as NVlabs/edm's generate.py, so the images do not
-        depend on ``batch``: at most that many per network call, all at once when None), on the CPU."""
+        depend on ``batch``: at most that many per network call, all at once when None), on the CPU, as pixels:
+        a latent codec's samples decoded (``codec.pixels``), so that grids and metrics see images."""
         denoiser, seeds = self.ema if use_ema else self.net, list(seeds)
-        return draw(denoiser, tuple(self.hparams.model.get("shape") or ()), seeds, batch=batch or len(seeds),
-                    sampler_kwargs={**self.hparams.sampler, **overrides}, device=self.device,
-                    label_dim=getattr(denoiser, "label_dim", 0)).samples
+        samples = draw(denoiser, tuple(self.hparams.model.get("shape") or ()), seeds, batch=batch or len(seeds),
+                       sampler_kwargs={**self.hparams.sampler, **overrides}, device=self.device,
+                       label_dim=getattr(denoiser, "label_dim", 0)).samples
+        return self.codec.pixels(samples, self.device)  # decoded on the device (codec=pixels: as they are)
+
+
+LATENT_STREAM = 0x1A7E475  # tells the latents' generator apart from the σ/noise one of the same (seed, step)
+
+
+def latent_seed(seed: int, step: int) -> int:
+    """The seed of the latents' ε at optimizer step ``step`` of a run of ``seed``: a hash of (seed, step) (numpy's
+    SeedSequence), unrelated to the σ/noise seed seed·1000003 + step and to dropout's."""
+    return int(np.random.SeedSequence((int(seed), int(step), LATENT_STREAM)).generate_state(1, np.uint64)[0])
+
+
+class GlobalBatchNoise:
+    """``randn(shape)`` for ``codec.sample``: ε ~ N(0, I) of ``total`` rows from a generator seeded by ``seed`` on the
+    rows' device, of which ``rows`` are returned (one device's micro-batch of the global batch)."""
+
+    def __init__(self, seed: int, total: int, rows: torch.Tensor):
+        self.seed, self.total, self.rows = seed, int(total), rows
+
+    def randn(self, shape) -> torch.Tensor:
+        g = torch.Generator(self.rows.device).manual_seed(self.seed)
+        return torch.randn(self.total, *shape, generator=g, device=self.rows.device)[self.rows]
 
 
 def saved_tracker_state(checkpoint: dict) -> dict:

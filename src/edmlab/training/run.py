@@ -15,11 +15,13 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from edmlab.codec import build_codec, codec_class
 from edmlab.design.augment import AUGMENT_DIM
 from edmlab.infra.files import atomic_write_text
 from edmlab.infra.jobs import share_the_machine
 from edmlab.training.callbacks import FinalReport
 from edmlab.training.checkpoint_io import SafeCheckpointIO, read_checkpoint
+from edmlab.training.datamodule import network_kwargs
 from edmlab.training.guard import Interrupted, RunGuard, guarded_first
 from edmlab.training.run_dir import check_run_dir_free, checkpoint_file, claim, release, stored_run_id, summary
 
@@ -196,13 +198,38 @@ def batch_split(batch_size: int, batch_gpu: int | None, world: int) -> tuple[int
 
 
 def model_spec(cfg: DictConfig, datamodule) -> dict:
-    kwargs = dict(datamodule.network_kwargs)
+    """The network's spec; its shape is the codec's latent shape of the data items (``codec.latent_shape``: the
+    items themselves for pixels, ``[L, H, W]`` for the ``[2L, H, W]`` moments of a latent data set)."""
+    shape = tuple(codec_class(cfg.get("codec")).latent_shape(datamodule.shape))
+    kwargs = dict(datamodule.network_kwargs if shape == tuple(datamodule.shape) else network_kwargs(shape))
     kwargs["label_dim"] = datamodule.label_dim
     kwargs["augment_dim"] = AUGMENT_DIM if cfg.get("augment") else 0
     return {"network": OmegaConf.to_container(cfg.network, resolve=True),
             "network_kwargs": kwargs,
             "preconditioning": OmegaConf.to_container(cfg.preconditioning, resolve=True),
-            "shape": list(datamodule.shape)}
+            "shape": list(shape)}
+
+
+def check_codec(cfg: DictConfig):
+    """The run's codec, built and checked before anything is written: no augmentation in a latent space (EDM2
+    trains its latents without: its augmentations act on pixels) and a VAE whose weights load (the previews and the
+    final report decode with it, at the end). The data are checked against it by ``codec.check_data``."""
+    spec = OmegaConf.to_container(cfg.codec, resolve=True) if cfg.get("codec") is not None else None
+    codec = build_codec(spec)
+    augment = cfg.get("augment")
+    if codec.name != "pixels" and augment:
+        choice = HydraConfig.get().runtime.choices.get("augment") if HydraConfig.initialized() else None
+        raise ConfigError(f"augment={choice or augment.get('_target_')} with codec={codec.name}: EDM2 trains latents "
+                          f"without augmentation (its augmentations act on pixels); use augment=none")
+    return codec.load()
+
+
+def check_data(codec, datamodule) -> None:
+    """``codec.check_data`` on the data set's item shape, naming its path: a pixel set under codec=sd_vae, moments
+    of another channel count, moments under codec=pixels."""
+    dataset = datamodule.dataset
+    path = getattr(dataset, "path", None)
+    codec.check_data(datamodule.shape, f"data.dataset.path={path}" if path else f"the {type(dataset).__name__}")
 
 
 def instantiate(node, **kwargs):
@@ -268,6 +295,7 @@ def build(cfg: DictConfig):
     if cfg.get("tags") is not None:
         with open_dict(cfg):
             cfg.tags = [str(tag) for tag in cfg.tags]
+    codec = check_codec(cfg)
     callbacks = instantiate_all(cfg, "callbacks")
     loggers = instantiate_all(cfg, "logger", leave_out=quiet_loggers(cfg, max_steps))
     callbacks = guarded_first([RunGuard(Path(cfg.paths.output_dir) / "checkpoints"), *callbacks])
@@ -276,6 +304,7 @@ def build(cfg: DictConfig):
     micro, rounds = batch_split(cfg.batch_size, cfg.batch_gpu, world_size(trainer))
     trainer.accumulate_grad_batches = rounds
     datamodule = instantiate(cfg.data, batch_size=micro)
+    check_data(codec, datamodule)
     spec = model_spec(cfg, datamodule)
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                  for k, v in cfg.items_ex(resolve=True) if k != "hydra"}
