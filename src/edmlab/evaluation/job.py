@@ -3,6 +3,8 @@ them, write the job directory; under torchrun, the same job split over the ranks
 
 Image k uses seed ``seeds + k``: one random stream per image gives its latents, its class and its churn noise, in
 that order (NVlabs/edm generate.py), so an image does not depend on the batch it was drawn in, nor on the process.
+Each rank decodes its samples with the subject's codec (``codec.pixels``; a latent model's VAE, the identity for
+pixels) before anything else sees them: every metric, grid and saved file is made from the decoded images.
 
 Under torchrun (WORLD_SIZE > 1, ``+launcher=torchrun``) each rank draws a contiguous share of the seeds
 (``edmlab.infra.distributed``); rank 0 gathers the samples (and labels) in seed order, computes the metrics and writes
@@ -45,7 +47,9 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     need(cfg.num_samples >= ranks.world, f"num_samples={cfg.num_samples} is fewer than the {ranks.world} processes: "
                                          f"ask for at least one sample per process")
     sampler_kwargs = OmegaConf.to_container(cfg.sampler, resolve=True)
-    subject = ranks.agree(load_subject, str(cfg.ckpt), device, cfg.class_label, cfg.ema.std, cfg.ema.at_kimg)
+    codec = OmegaConf.to_container(cfg.codec, resolve=True) if cfg.get("codec") is not None else None
+    subject = ranks.agree(load_subject, str(cfg.ckpt), device, cfg.class_label, cfg.ema.std, cfg.ema.at_kimg,
+                          codec=codec)
     if cfg.guide is not None or cfg.guidance != 1.0:
         need(cfg.guide is not None, f"guidance={cfg.guidance} needs guide=<run dir | network file> (autoguidance) or "
                                     f"guide=uncond (classifier-free guidance)")
@@ -155,7 +159,9 @@ def measure(cfg: DictConfig, subject: Subject, sampler_kwargs: dict, sigma_start
             raise ValueError(f"the sampler produced NaN/inf samples ({sampler_kwargs['solver']}, num_steps="
                              f"{sampler_kwargs['num_steps']}, rho={sampler_kwargs['rho']}): try more steps, or check "
                              f"the checkpoint")
-        return drawn
+        with timed("sample_sec"):
+            pixels = ranks.agree(subject.codec.pixels, drawn.samples, subject.device)
+        return Drawn(pixels, drawn.latents, drawn.labels, drawn.seeds)
 
     def feature_scores(samples: torch.Tensor, first_range: bool) -> dict:
         """The scores of the feature networks (Inception, DINOv2): all of them on the first range, the Fréchet

@@ -1,9 +1,11 @@
-"""What an evaluation job samples from: a trained network (``ckpt=<run>``) with the data set it was trained on,
-or the exact denoiser of a Gaussian-mixture bench (``ckpt=bench:<preset>``)."""
-from dataclasses import dataclass
+"""What an evaluation job samples from: a trained network (``ckpt=<run>``) with the data set it was trained on and
+the codec that turns its samples into pixels, or the exact denoiser of a Gaussian-mixture bench
+(``ckpt=bench:<preset>``)."""
+from dataclasses import dataclass, field
 
 import torch
 
+from edmlab.codec import Codec, build_codec
 from edmlab.data.mixture import GaussianMixture
 from edmlab.design.guidance import Unconditional
 from edmlab.infra.spec import build
@@ -37,7 +39,8 @@ def component(mixture: GaussianMixture, k: int) -> GaussianMixture:
 @dataclass
 class Subject:
     """A denoiser with its sample shape and label count, the data set it was trained on (when the metrics know
-    it) and the exact mixture of that data (bench and points models)."""
+    it), the exact mixture of that data (bench and points models) and the codec of its samples (``codec.pixels``
+    turns them into the images that every metric, grid and file is made from; pixels: the identity)."""
 
     denoiser: object
     shape: tuple
@@ -46,6 +49,7 @@ class Subject:
     kind: str
     dataset: object = None
     mixture: GaussianMixture | None = None
+    codec: Codec = field(default_factory=build_codec)
 
     @property
     def is_image(self) -> bool:
@@ -64,20 +68,63 @@ def training_dataset(config: dict | None, source):
     return build(spec, role="data set", source=source)
 
 
+RUNTIME = ("batch_size", "dtype")  # codec settings of the job itself (how the VAE runs), not of the model
+
+
+def subject_codec(denoiser, source, asked: dict | None = None) -> Codec:
+    """The codec of the samples of ``denoiser`` (read from ``source``), checked against their shape and loaded (a VAE
+    that does not load fails before sampling). ``asked``: the job's ``codec`` group; its ``batch_size`` and
+    ``dtype`` apply, its ``vae_path`` names the VAE folder.
+
+    - An NVlabs/edm2 pickle: its ``encoder`` (``edmlab.io.nvlabs.encoders.pickle_codec``; an img512 one needs
+      ``codec.vae_path``).
+    - A run of src/train.py: the ``codec`` of its config (pixels when it has none), ``codec.vae_path`` replacing
+      the folder it was trained with when given.
+
+    ``codec=sd_vae`` asked of a model that makes pixels is refused."""
+    from edmlab.io.nvlabs.encoders import pickle_codec
+
+    asked = dict(asked or {})
+    runtime = {k: asked[k] for k in RUNTIME if k in asked}
+    vae_path = asked.get("vae_path")
+    nvlabs = denoiser.model_spec.get("source")
+    if isinstance(nvlabs, dict):
+        codec = pickle_codec(nvlabs.get("encoder"), source, vae_path, **runtime)
+    else:
+        trained = dict((denoiser.training_config or {}).get("codec") or {"name": "pixels"})
+        if trained.get("name", "pixels") == "pixels":
+            trained.pop("vae_path", None)
+        elif vae_path is not None:
+            trained["vae_path"] = vae_path
+        codec = build_codec({**trained, **runtime})
+    if asked.get("name", "pixels") != "pixels" and codec.name != asked["name"]:
+        raise ValueError(f"codec={asked['name']} was asked, but {source} makes {codec.name} (its own codec decides); "
+                         f"drop codec={asked['name']}")
+    codec.check_latents(tuple(denoiser.model_spec["shape"]), source)
+    return codec.load()
+
+
 def load_subject(ckpt: str, device: torch.device, class_label: int | None = None, ema_std: float | None = None,
-                 at_kimg: float | None = None) -> Subject:
-    """``ema_std``: the post-hoc EMA of that relative std, reconstructed from the snapshots of an ema=power run."""
+                 at_kimg: float | None = None, codec: dict | None = None) -> Subject:
+    """``ema_std``: the post-hoc EMA of that relative std, reconstructed from the snapshots of an ema=power run;
+    ``codec``: the job's ``codec`` group (``subject_codec``); None: the samples stay in the network's space (the
+    identity codec; e.g. ``edmlab.cli.search_steps``, which compares samples and decodes nothing)."""
     if ckpt.startswith(BENCH) and ema_std is not None:
         raise ValueError(f"ema.std={ema_std} reconstructs a trained run's EMA; {ckpt} is an exact denoiser: drop ema.std")
     if ckpt.startswith(BENCH):
+        if (codec or {}).get("name", "pixels") != "pixels":
+            raise ValueError(f"codec={codec['name']} decodes latents, but {ckpt} is an exact denoiser of points: "
+                             f"drop codec={codec['name']}")
         mixture = bench_mixture(ckpt[len(BENCH):])
         label_dim = mixture.num_components if class_label is not None else 0
         return Subject(mixture, (mixture.dim,), label_dim, torch.device("cpu"), ckpt, mixture=mixture)
     denoiser = load(ckpt, device) if ema_std is None else load_reconstructed(ckpt, ema_std, at_kimg, device)
-    dataset = training_dataset(denoiser.training_config, network_file(ckpt) if ema_std is None else ckpt)
+    source = network_file(ckpt) if ema_std is None else ckpt
+    pixels = subject_codec(denoiser, source, codec) if codec is not None else build_codec()
+    dataset = training_dataset(denoiser.training_config, source)
     kind = type(dataset).__name__ if dataset is not None else "network"
     return Subject(denoiser, tuple(denoiser.model_spec["shape"]), int(getattr(denoiser, "label_dim", 0)), device,
-                   kind, dataset, getattr(dataset, "mixture", None))
+                   kind, dataset, getattr(dataset, "mixture", None), pixels)
 
 
 def load_guide(guide: str, denoiser, device="cpu"):
