@@ -219,6 +219,8 @@ def test_bad_latent_training_input_is_refused_before_anything_is_written(files, 
         (latent_args(vae, latents, "codec.vae_path=null"), r"^codec=sd_vae needs codec.vae_path: a local folder "
                                                             r"with config.json \+ diffusion_pytorch_model.safetensors"),
         (latent_args(wide, latents), r"wide/config.json: latent_channels=16, but codec.raw_mean/raw_std have 4"),
+        (with_overrides(TINY, [f"codec.vae_path={vae}"]),
+         rf"^codec.vae_path={vae} is set but codec=pixels decodes nothing; add codec=sd_vae"),
         (with_overrides(TINY, ["data=latents", f"data.dataset.path={latents}"]),
          rf"^data.dataset.path={latents} holds 8-channel items, which look like the moments of a latent data set"),
     ]
