@@ -328,9 +328,8 @@ def test_train_init_from_a_pickle_starts_from_its_weights(tmp_path, marker, tiny
     other = {**spec, "shape": [3, 8, 8], "network_kwargs": {**spec["network_kwargs"], "in_channels": 3,
                                                              "out_channels": 3}}
     path = write_snapshot(tmp_path / "rgb.pkl", random_denoiser(other), other, marker)
-    with pytest.raises(ValueError, match=rf"^init_from={path} does not fit this run \(network\.in_channels: file 3 vs "
-                                         r"run 1; network\.out_channels: file 3 vs run 1; shape: file \[3, 8, 8\] vs "
-                                         r"run \[1, 8, 8\]\): choose the data, network"):
+    with pytest.raises(ValueError, match=rf"^init_from={path} is a network for data of shape \[3, 8, 8\] \(channels, "
+                                         r"resolution\), this run's data has shape \[1, 8, 8\]: tune it on data"):
         build(compose("train", [*tiny, f"init_from={path}"], tmp_path / "run"))
 
 

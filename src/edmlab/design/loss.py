@@ -27,6 +27,9 @@ class DenoisingLoss:
         self.noise_distribution = noise_distribution
         self.weighting = weighting
 
+    def set_progress(self, cur_nimg: int) -> None:
+        """The loss does not change over training (an objective's schedule would move here)."""
+
     def __call__(self, denoiser, images, class_labels=None, augment_pipe=None,
                  generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None) -> LossOutput:

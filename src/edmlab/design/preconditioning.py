@@ -140,18 +140,31 @@ class iDDPMPrecond(Precond):
 
 class EDMPrecond(Precond):
     """EDM (Karras et al. 2022): c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²),
-    c_in = 1/√(σ² + σ_d²), c_noise = ¼ ln σ."""
+    c_in = 1/√(σ² + σ_d²), c_noise = ¼ ln σ.
 
-    def __init__(self, model, sigma_data=0.5, sigma_min=0.0, sigma_max=math.inf, label_dim=None):
+    ``boundary_sigma`` = ε makes D a consistency function f (Song et al. 2023, "Consistency Models", App. C):
+    c_skip = σ_d²/((σ − ε)² + σ_d²), c_out = σ_d·(σ − ε)/√(σ² + σ_d²), so that f(x, ε) = x exactly; c_in and
+    c_noise stay EDM's, so an EDM network tunes into one (ECT). Its σ range then starts at ε."""
+
+    def __init__(self, model, sigma_data=0.5, sigma_min=0.0, sigma_max=math.inf, label_dim=None,
+                 boundary_sigma: float | None = None):
         super().__init__(model, label_dim)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got sigma_data={sigma_data}")
+        if boundary_sigma is not None and not (isinstance(boundary_sigma, (int, float)) and boundary_sigma > 0):
+            raise ValueError(f"boundary_sigma must be a noise level > 0 (CM's ε = 0.002) or null, got "
+                             f"boundary_sigma={boundary_sigma!r}")
         self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
+        self.boundary_sigma = None if boundary_sigma is None else float(boundary_sigma)
+        if self.boundary_sigma is not None:
+            self.sigma_min = max(self.sigma_min, self.boundary_sigma)
 
     def coefficients(self, sigma):
-        sd = self.sigma_data
-        return (sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2).sqrt(), 1 / (sd**2 + sigma**2).sqrt(),
-                sigma.log() / 4)
+        sd, eps = self.sigma_data, self.boundary_sigma
+        c_in, c_noise = 1 / (sd**2 + sigma**2).sqrt(), sigma.log() / 4
+        if eps is None:
+            return sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2).sqrt(), c_in, c_noise
+        return sd**2 / ((sigma - eps) ** 2 + sd**2), sd * (sigma - eps) / (sigma**2 + sd**2).sqrt(), c_in, c_noise
 
 
 class EDM2Precond(EDMPrecond):
@@ -162,8 +175,8 @@ class EDM2Precond(EDMPrecond):
     same module, the name every edmlab preconditioning uses."""
 
     def __init__(self, model, sigma_data=0.5, sigma_min=0.0, sigma_max=math.inf, label_dim=None,
-                 logvar_channels: int = 128):
-        super().__init__(model, sigma_data, sigma_min, sigma_max, label_dim)
+                 logvar_channels: int = 128, boundary_sigma: float | None = None):
+        super().__init__(model, sigma_data, sigma_min, sigma_max, label_dim, boundary_sigma)
         self.unet = self._modules.pop("model")
         self.logvar_fourier = MPFourier(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])

@@ -25,6 +25,7 @@ from edmlab.infra.distributed import Ranks, env_ranks, init_process_group, rank_
 from edmlab.sampling.generation import Drawn, draw
 from edmlab.design.guidance import GuidedDenoiser, guided_nfe
 from edmlab.evaluation.subject import load_guide
+from edmlab.sampling.solvers.consistency import CONSISTENCY, NOT_A_CONSISTENCY_MODEL
 from edmlab.sampling.planning import plan, sampler_keys
 from edmlab.sampling.solvers import CountingDenoiser
 from edmlab.infra.threads import num_threads
@@ -72,6 +73,9 @@ def run(cfg: DictConfig, out: Path, device: torch.device, ranks: Ranks = Ranks()
     if nll_enabled(cfg.metrics):  # refused before sampling when the subject has no held-out data to score
         ranks.agree(held_out_data, subject, 1, cfg.class_label)
     todo = plan(denoiser=subject.denoiser, **{k: v for k, v in sampler_kwargs.items() if k in sampler_keys()})
+    if todo.solver is CONSISTENCY:
+        need(getattr(subject.denoiser, "boundary_sigma", None) is not None,
+             f"ckpt={cfg.ckpt}: {NOT_A_CONSISTENCY_MODEL}")
     levels = todo.sigmas
     sigma_start = float(levels[0])
     lo, hi = (float(levels[-2]), sigma_start) if sampler_kwargs["discretization"] == "custom" else todo.sigma_range

@@ -158,6 +158,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
 
 
 TRAINING_ONLY = ("dropout", "label_dropout")  # network keywords that do not change the weights
+TUNABLE = ("preconditioning.boundary_sigma",)  # what fine-tuning may change: an EDM net tunes into a consistency model
 
 
 def init_from(path: str | Path, model_spec: dict, *denoisers: torch.nn.Module) -> None:
@@ -165,9 +166,14 @@ def init_from(path: str | Path, model_spec: dict, *denoisers: torch.nn.Module) -
     ``denoisers`` built from ``model_spec``. The data shape, preconditioning and architecture must be the same
     (dropout may differ); else a ValueError names each difference."""
     source = load(path)
+    shape, theirs = list(model_spec["shape"]), list(source.model_spec["shape"])
+    if shape != theirs:
+        raise ValueError(f"init_from={path} is a network for data of shape {theirs} (channels, resolution), this "
+                         f"run's data has shape {shape}: tune it on data of its own shape, or init from a network "
+                         f"trained on this data")
     ours, other = _architecture(model_spec), _architecture(source.model_spec, path)
     differ = [f"{k}: file {other.get(k)!r} vs run {ours.get(k)!r}" for k in sorted(set(ours) | set(other))
-              if ours.get(k) != other.get(k)]
+              if ours.get(k) != other.get(k) and k not in TUNABLE]
     if differ:
         raise ValueError(f"init_from={path} does not fit this run ({'; '.join(differ[:6])}): choose the data, "
                          f"network, preconditioning and augment options it was trained with")

@@ -46,7 +46,8 @@ def steps_for_nfe(solver: str, nfe: int, final_step: str | None, afs, order: int
     fits. A ValueError says why none fits and which nfe would."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be an integer >= 1, got nfe={nfe!r}")
-    rules = [check_final_step(final_step)] if final_step is not None else ["euler", "none"]
+    record = SOLVERS[solver]
+    rules = [record.check_final_step(final_step)] if final_step is not None else record.default_final_steps()
     found = _fit(solver, nfe, rules, afs, order)
     if found:
         return found
@@ -200,7 +201,7 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
     if num_steps is not None and nfe is not None:
         raise ValueError(f"give num_steps or nfe, not both (got num_steps={num_steps}, nfe={nfe})")
     if final_step is not None:
-        check_final_step(final_step)
+        record.check_final_step(final_step)
     check_afs(afs)
     options = _solver_options(record, {**solver_options, "churn": Churn(S_churn, S_min, S_max, S_noise)})
     order = options.get("max_order") or record.order
@@ -221,7 +222,7 @@ def plan(*, solver: str = "heun", discretization: str = "edm", schedule: str = "
     grid = dict(rho=rho, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2, M=M, shift=shift)
     flow, t_steps, sigma_range_used = _plan(num_steps, discretization, schedule, scaling, sigma_min, sigma_max, grid,
                                             denoiser, steps=steps)
-    final_step = final_step or "euler"
+    final_step = final_step or record.default_final_steps()[0]
     levels = len(t_steps) - 1
     if not record.any_flow:
         sigma_grid(flow, t_steps, solver)

@@ -153,6 +153,7 @@ class EDMModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, labels = batch
         labels = labels if labels.shape[-1] > 0 else None
+        self.loss_fn.set_progress(self.cur_nimg)
         sigma, noise = self._step_draws(images, batch_idx)
         if self.hparams.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)

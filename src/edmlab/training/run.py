@@ -120,7 +120,7 @@ class _ZeroDenoiser:
     """D(x; σ) = 0 with the network's attributes that the samplers read (σ range, σ rounding, σ_data)."""
 
     def __init__(self, net):
-        for name in ("sigma_min", "sigma_max", "sigma_data", "round_sigma"):
+        for name in ("sigma_min", "sigma_max", "sigma_data", "round_sigma", "boundary_sigma"):
             if hasattr(net, name):
                 setattr(self, name, getattr(net, name))
 
@@ -206,8 +206,26 @@ def model_spec(cfg: DictConfig, datamodule) -> dict:
     kwargs["augment_dim"] = AUGMENT_DIM if cfg.get("augment") else 0
     return {"network": OmegaConf.to_container(cfg.network, resolve=True),
             "network_kwargs": kwargs,
-            "preconditioning": OmegaConf.to_container(cfg.preconditioning, resolve=True),
+            "preconditioning": with_boundary(OmegaConf.to_container(cfg.preconditioning, resolve=True),
+                                             cfg.get("objective")),
             "shape": list(shape)}
+
+
+def with_boundary(preconditioning: dict, objective) -> dict:
+    """The preconditioning of a consistency objective (one with ``boundary_sigma``) made a consistency function:
+    EDM's (or EDM2's) with that ``boundary_sigma`` ε, so f(x, ε) = x (``edmlab.design.consistency``)."""
+    epsilon = (objective or {}).get("boundary_sigma")
+    if epsilon is None:
+        return preconditioning
+    from edmlab.design.preconditioning import EDMPrecond
+    from edmlab.infra.spec import resolve
+
+    target = preconditioning.get("_target_")
+    _need(isinstance(target, str) and isinstance(resolve(target), type) and issubclass(resolve(target), EDMPrecond),
+          f"objective={objective.get('_target_', '?').rsplit('.', 1)[-1]} trains a consistency model on EDM's "
+          f"preconditioning with the boundary c_skip/c_out; preconditioning={target} has none: use "
+          f"preconditioning=edm or edm2")
+    return {**preconditioning, "boundary_sigma": epsilon}
 
 
 def check_codec(cfg: DictConfig):

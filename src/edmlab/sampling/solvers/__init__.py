@@ -5,7 +5,8 @@
   (``multistep.py``);
 - ``adaptive``: embedded Bogacki–Shampine 3(2) with ``rtol``/``atol`` (``adaptive.py``);
 - ``euler_ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``: stochastic, fresh noise every step, ``eta`` (0: ODE),
-  ``noise_scale``, ``solver_type`` (2M SDE), as k-diffusion's samplers of those names (``ancestral.py``).
+  ``noise_scale``, ``solver_type`` (2M SDE), as k-diffusion's samplers of those names (``ancestral.py``);
+- ``consistency``: the multistep sampler of consistency models (Song et al. 2023, Alg. 1; ``consistency.py``).
 
 Every solver takes ``final_step`` and ``afs`` (``calls.py``); ``edmlab.sampling.planning`` turns a record and the
 sampler's arguments into the grid and the exact number of calls. Adding a solver: its function and record in one
@@ -15,6 +16,7 @@ from edmlab.sampling.solvers.adaptive import ADAPTIVE, check_tolerance, sample_a
 from edmlab.sampling.solvers.ancestral import (DPMPP_2M_SDE, DPMPP_3M_SDE, EULER_ANCESTRAL, check_eta,
                                                check_noise_scale, check_solver_type, sample_dpmpp_2m_sde,
                                                sample_dpmpp_3m_sde, sample_euler_ancestral)
+from edmlab.sampling.solvers.consistency import CONSISTENCY, sample_consistency
 from edmlab.sampling.solvers.calls import AFS, FINAL_STEPS, CountingDenoiser, DenoiserCalls, Solver
 from edmlab.sampling.solvers.edm import EULER, HEUN, Denoiser, sample_euler, sample_heun
 from edmlab.sampling.solvers.flow import Churn, FlowPoint, ProbabilityFlow, sigma_grid
@@ -23,7 +25,7 @@ from edmlab.sampling.solvers.multistep import (DEIS, DPMPP_2M, DPMPP_3M, IPNDM, 
                                                sample_unipc)
 
 SOLVERS = {s.name: s for s in (EULER, HEUN, IPNDM, IPNDM_V, DEIS, DPMPP_2M, DPMPP_3M, UNIPC, ADAPTIVE,
-                                EULER_ANCESTRAL, DPMPP_2M_SDE, DPMPP_3M_SDE)}
+                                EULER_ANCESTRAL, DPMPP_2M_SDE, DPMPP_3M_SDE, CONSISTENCY)}
 
 
 def _alpha(value, solver: Solver) -> float:
@@ -48,4 +50,4 @@ OPTIONS = {
 __all__ = ["SOLVERS", "OPTIONS", "Solver", "AFS", "FINAL_STEPS", "Churn", "FlowPoint", "ProbabilityFlow",
            "DenoiserCalls", "CountingDenoiser", "Denoiser", "sigma_grid", "sample_euler", "sample_heun",
            "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc",
-           "sample_adaptive", "sample_euler_ancestral", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]
+           "sample_adaptive", "sample_consistency", "sample_euler_ancestral", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]

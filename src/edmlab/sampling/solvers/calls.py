@@ -43,6 +43,18 @@ class Solver:
     fixed_grid: bool = True        # False: picks its own steps from a tolerance, its NFE counted as it runs
     options: tuple = ()            # the names in ``OPTIONS`` it takes
     needs: tuple = ()              # sampler facts passed to it: "round_sigma", "generator"
+    final_steps: tuple = FINAL_STEPS  # the final steps it takes; with final_step=null the first of euler, none
+
+    def default_final_steps(self) -> list:
+        """The final steps ``nfe`` may pick from, in order, when none is given: "euler", then "none"."""
+        return [end for end in ("euler", "none") if end in self.final_steps]
+
+    def check_final_step(self, final_step) -> str:
+        check_final_step(final_step)
+        if final_step not in self.final_steps:
+            raise ValueError(f"solver={self.name!r} takes final_step {' or '.join(self.final_steps)}, got "
+                             f"final_step={final_step!r} (leave it null)")
+        return final_step
 
     def check_order(self, max_order) -> int:
         highest = self.max_order
