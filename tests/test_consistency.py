@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, assert_close_by_key, compose, run_script, train_tiny_run, with_overrides
 
-from edmlab.design.consistency import ECTObjective, ICTObjective, distance, pseudo_huber_c
+from edmlab.design.consistency import ECTObjective, ICTObjective, SCMObjective, distance, pseudo_huber_c
 from edmlab.design.preconditioning import EDMPrecond
 from edmlab.sampling.rng import SeedStreams
 from edmlab.sampling.sampler import sample
@@ -164,6 +164,37 @@ def test_a_schedule_giving_r_at_or_above_sigma_is_refused():
                   noise=torch.ones(2, 1, 2, 2))
 
 
+def test_scm_tangent_and_loss_equal_sCM_algorithm_1_in_closed_form():
+    """sCM Alg. 1 on F_EDM(x_in, c) = w·x_in + v·c: TrigFlow's F(x, t) = −(w·x/σ_d + v·ln(σ_d tan t)/4), so
+    dF/dt = −(w·(dx_t/dt)/σ_d + v/(4 sin t cos t)) in closed form (no jvp); g = −cos²t(σ_d F − dx_t/dt)
+    − w_u·cos t sin t (x_t + σ_d dF/dt), g/(‖g‖ + 0.1); the loss ‖F_θ − F⁻ − g‖² is ‖g‖² with gradient
+    2·g·x_t/σ_d in w."""
+    sd, warm = 0.5, 0.3
+    objective = SCMObjective(warmup_kimg=10.0, sigma_data=sd)
+    objective.set_progress(3000)
+    assert objective.warmup == warm
+    f = EDMPrecond(Affine(), sigma_data=sd, boundary_sigma=0.0).train()
+    y, n = torch.randn(4, 1, 3, 3, dtype=torch.float64), torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.05, 0.4, 2.0, 30.0])
+    out = objective(f, y.float(), sigma=sigma, noise=n.float())
+    w, v = 0.7, -0.3
+    t = torch.atan(sigma.double() / sd).reshape(-1, 1, 1, 1)
+    x_t, dx = t.cos() * y + t.sin() * sd * n, t.cos() * sd * n - t.sin() * y
+    F = -(w * x_t / sd + v * torch.log(sd * t.tan()) / 4)
+    dF = -(w * dx / sd + v / (4 * t.sin() * t.cos()))
+    g = -t.cos() ** 2 * (sd * F - dx) - warm * t.cos() * t.sin() * (x_t + sd * dF)
+    g = g / (g.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1) + 0.1)
+    torch.testing.assert_close(out.per_image.double(), (g**2).flatten(1).sum(1), rtol=2e-5, atol=1e-7)
+    grad, = torch.autograd.grad(out.loss, [f.model.w])
+    torch.testing.assert_close(grad.double(), (2 * g * x_t / sd).flatten(1).sum(1).mean(), rtol=2e-5, atol=1e-7)
+
+
+def test_boundary_zero_is_edms_own_coefficients():
+    sigma = torch.logspace(-3, 2, 11).reshape(-1, 1)
+    for a, b in zip(EDMPrecond(Affine(), boundary_sigma=0.0).coefficients(sigma), EDMPrecond(Affine()).coefficients(sigma)):
+        assert torch.equal(a, b)
+
+
 def test_the_sampler_is_algorithm_1_step_by_step():
     """x̂ = f(80·z_0, 80); x = x̂ + √(σ_1² − ε²)·z_1; x̂ = f(x, σ_1): with per-sample streams, so each sample depends
     only on its seed (the same in a batch of 3 and alone)."""
@@ -225,6 +256,15 @@ def test_ect_tunes_a_denoising_run_into_a_consistency_model(denoising_run, tmp_p
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["nfe"] == 1
 
 
+def test_scm_tunes_a_denoising_run(denoising_run, tmp_path):
+    from edmlab.io.network_file import load
+
+    run = train_tiny_run(tmp_path, "duration_kimg=0.064", f"init_from={denoising_run}", "objective=scm",
+                         "objective.warmup_kimg=0.032", "solver=consistency", "sampler.num_steps=null",
+                         "sampler.nfe=1", "callbacks.final_report.num_samples=16")
+    assert load(run / "network.pt").boundary_sigma == 0.0
+
+
 def test_a_consistency_run_resumes_bit_for_bit(tmp_path):
     from edmlab.training.run import build
 
@@ -251,6 +291,7 @@ def test_a_consistency_run_resumes_bit_for_bit(tmp_path):
     (["objective=ect", "preconditioning=vp"], "objective=ECTObjective trains a consistency model on EDM's "
                                               "preconditioning .* use preconditioning=edm or edm2"),
     (["solver=consistency", "sampler.num_steps=null", "sampler.nfe=1"], "solver=consistency needs a network trained as a consistency model"),
+    (["objective=scm", "objective.tangent_c=-1"], r"objective.tangent_c must be a number > 0, got tangent_c=-1"),
 ])
 def test_bad_consistency_runs_are_refused_before_anything_is_written(overrides, message, tmp_path):
     import re

@@ -1,6 +1,6 @@
-"""Consistency training: the ``objective`` options ``ict`` and ``ect`` (Song et al. 2023, "Consistency Models" [CM];
-Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models" [iCT]; Geng et al. 2024, "Consistency
-Models Made Easy" [ECT]).
+"""Consistency training: the ``objective`` options ``ict``, ``ect`` and ``scm`` (Song et al. 2023, "Consistency
+Models" [CM]; Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models" [iCT]; Geng et al. 2024,
+"Consistency Models Made Easy" [ECT]; ``SCMObjective``: Lu & Song 2024, continuous time, at the end).
 
 A consistency model f(x, σ) = c_skip(σ)·x + c_out(σ)·F (``EDMPrecond(boundary_sigma=ε)``, f(x, ε) = x) maps every
 point of an ODE trajectory to its origin. Each objective draws a pair σ > r ≥ 0 and minimises
@@ -25,7 +25,7 @@ import math
 import torch
 
 from edmlab.design.discretizations import edm_sigmas
-from edmlab.design.loss import LossOutput
+from edmlab.design.loss import LossOutput, step_inputs
 from edmlab.design.training_noise import EDMNoise
 
 METRICS = ("l2", "pseudo_huber")
@@ -97,13 +97,8 @@ class ConsistencyObjective:
                  generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None) -> LossOutput:
         """As ``DenoisingLoss``: ``sigma`` [N] and unit ``noise`` may be given, else drawn from ``generator``."""
-        if sigma is None:
-            sigma = self.noise_distribution.sample(images.shape[0], generator=generator, device=images.device)
-        augment_labels = None
-        if augment_pipe is not None:
-            images, augment_labels = augment_pipe(images)
-        if noise is None:
-            noise = torch.randn(images.shape, generator=generator, device=images.device)
+        images, augment_labels, sigma, noise = step_inputs(self.noise_distribution, images, augment_pipe, generator,
+                                                           sigma, noise)
         r = self.check_pairs(sigma)
         shape = (-1, *[1] * (images.ndim - 1))
         kwargs = dict(class_labels=class_labels, augment_labels=augment_labels)
@@ -226,3 +221,74 @@ class ECTObjective(ConsistencyObjective):
         if self.mode == "gap":
             return 1 / (sigma - r)
         return 1 / sigma**2 + 1 / self.sigma_data**2
+
+
+class SCMObjective:
+    """``objective=scm``: continuous-time consistency training in TrigFlow (Lu & Song 2024, "Simplifying,
+    Stabilizing and Scaling Continuous-Time Consistency Models", Alg. 1, sCT), written on EDM's network.
+
+    TrigFlow's x_t = cos t·y + sin t·z, z ~ N(0, σ_d²I), is EDM's x̂ = x_t/cos t = y + σ·n at σ = σ_d·tan t, and its
+    consistency function f(x_t, t) = cos t·x_t − sin t·σ_d·F(x_t/σ_d, t) is EDM's D(x̂; σ) with F = −F_EDM (EDM's
+    c_skip = cos²t, c_out = σ_d·sin t, c_in·x̂ = x_t/σ_d), so f(x, 0) = x with EDM's own coefficients
+    (``boundary_sigma`` = 0) and an EDM network tunes into one. With dx_t/dt = cos t·z − sin t·y and
+    dF⁻/dt = ∇_x F⁻·dx_t/dt + ∂_t F⁻ (one ``torch.func.jvp`` of the stop-gradient network),
+
+        g = −cos²t·(σ_d·F⁻ − dx_t/dt) − w·cos t·sin t·(x_t + σ_d·dF⁻/dt),   g ← g/(‖g‖ + c),
+        loss = ‖F_θ(x_t/σ_d, t) − F⁻ − g‖²   (summed over pixels; per sample),
+
+    w = min(1, nimg/(1000·warmup_kimg)) the tangent warm-up, c = ``tangent_c`` (0.1). σ ~ lognormal(P_mean, P_std),
+    i.e. t = arctan(e^τ/σ_d), τ ~ N(P_mean, P_std²) (sCM's ImageNet-64 proposal −1.0, 1.6). The time embedding is
+    EDM's c_noise = ¼ ln σ, not sCM's t, so that EDM networks load; sCM's learned adaptive weight is not used."""
+
+    weighting = None
+    boundary_sigma = 0.0
+
+    def __init__(self, P_mean: float = -1.0, P_std: float = 1.6, tangent_c: float = 0.1, warmup_kimg: float = 0.0,
+                 sigma_data: float = 0.5, boundary_sigma: float = 0.0):
+        if boundary_sigma != 0:
+            raise ValueError(f"objective=scm has its boundary at σ = 0 (TrigFlow's t = 0), got "
+                             f"boundary_sigma={boundary_sigma!r}; leave it 0")
+        self.noise_distribution = EDMNoise(P_mean, P_std)
+        self.tangent_c = float(_positive("tangent_c", tangent_c))
+        if isinstance(warmup_kimg, bool) or not isinstance(warmup_kimg, (int, float)) or warmup_kimg < 0:
+            raise ValueError(f"objective.warmup_kimg must be a number >= 0, got warmup_kimg={warmup_kimg!r}")
+        self.warmup_nimg, self.sigma_data = float(warmup_kimg) * 1000, float(_positive("sigma_data", sigma_data))
+        self.warmup = 1.0
+
+    def set_progress(self, cur_nimg: int) -> None:
+        self.warmup = min(1.0, cur_nimg / self.warmup_nimg) if self.warmup_nimg > 0 else 1.0
+
+    def tangent(self, F_minus, dF_dt, x_t, dx_dt, t) -> torch.Tensor:
+        """g of the class docstring, normalised per sample."""
+        sd, cos, sin = self.sigma_data, t.cos(), t.sin()
+        g = -cos**2 * (sd * F_minus - dx_dt) - self.warmup * cos * sin * (x_t + sd * dF_dt)
+        norm = g.flatten(1).norm(dim=1).reshape(-1, *[1] * (g.ndim - 1))
+        return g / (norm + self.tangent_c)
+
+    def __call__(self, denoiser, images, class_labels=None, augment_pipe=None,
+                 generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
+                 noise: torch.Tensor | None = None) -> LossOutput:
+        from torch.func import jvp
+
+        images, augment_labels, sigma, noise = step_inputs(self.noise_distribution, images, augment_pipe, generator,
+                                                           sigma, noise)
+        model, sd = denoiser.model, self.sigma_data
+        label_dim = getattr(denoiser, "label_dim", 0)
+        labels = None if not label_dim else (class_labels if class_labels is not None else
+                                             torch.zeros(images.shape[0], label_dim, device=images.device))
+        shape = (-1, *[1] * (images.ndim - 1))
+        t = torch.atan(sigma.to(torch.float32) / sd).reshape(shape)
+        z = noise * sd
+        x_t, dx_dt = t.cos() * images + t.sin() * z, t.cos() * z - t.sin() * images
+
+        def F(x, time):  # TrigFlow's F(x_t/σ_d, t) = −F_EDM(c_in·x̂, ¼ ln σ)
+            c_noise = (sd * time.flatten().tan()).log() / 4
+            return -model(x / sd, c_noise, class_labels=labels, augment_labels=augment_labels).to(torch.float32)
+
+        state = _random_state(images.device)
+        with torch.no_grad():
+            F_minus, dF_dt = jvp(F, (x_t, t), (dx_dt, torch.ones_like(t)))
+        _restore(state, images.device)
+        g = self.tangent(F_minus, dF_dt, x_t, dx_dt, t)
+        per_image = ((F(x_t, t) - F_minus - g) ** 2).flatten(1).sum(1)
+        return LossOutput(per_image.mean(), per_image.detach(), sigma.detach())

@@ -22,6 +22,19 @@ class LossOutput:
     sigma: torch.Tensor
 
 
+def step_inputs(noise_distribution, images, augment_pipe, generator, sigma, noise):
+    """(images, augment_labels, σ, unit noise) of one loss call: the given σ and noise, or draws from ``generator``
+    (σ first, then the noise, as every objective), the images through the augment pipe when there is one."""
+    if sigma is None:
+        sigma = noise_distribution.sample(images.shape[0], generator=generator, device=images.device)
+    augment_labels = None
+    if augment_pipe is not None:
+        images, augment_labels = augment_pipe(images)
+    if noise is None:
+        noise = torch.randn(images.shape, generator=generator, device=images.device)
+    return images, augment_labels, sigma, noise
+
+
 class DenoisingLoss:
     def __init__(self, noise_distribution: NoiseDistribution, weighting: LossWeighting):
         self.noise_distribution = noise_distribution
@@ -35,14 +48,9 @@ class DenoisingLoss:
                  noise: torch.Tensor | None = None) -> LossOutput:
         """``sigma`` [N] and unit ``noise`` (shaped like images) may be given, e.g. drawn for a whole global batch so that
         an image's noise does not depend on how the batch is split across devices; else they come from ``generator``."""
-        if sigma is None:
-            sigma = self.noise_distribution.sample(images.shape[0], generator=generator, device=images.device)
-        augment_labels = None
-        if augment_pipe is not None:
-            images, augment_labels = augment_pipe(images)
+        images, augment_labels, sigma, noise = step_inputs(self.noise_distribution, images, augment_pipe, generator,
+                                                           sigma, noise)
         sigma_b = sigma.reshape(-1, *[1] * (images.ndim - 1))
-        if noise is None:
-            noise = torch.randn(images.shape, generator=generator, device=images.device)
         u = self.log_variance(denoiser, sigma) if hasattr(self.weighting, "u") else None
         denoised = denoiser(images + noise * sigma_b, sigma, class_labels=class_labels, augment_labels=augment_labels)
         per_image = (self.weighting(sigma_b) * (denoised - images) ** 2).flatten(1).sum(1)

@@ -2,8 +2,8 @@
 
 - ``denoising``: EDM's loss (Eq. 8), σ from the ``noise_distribution`` group, λ(σ) from ``loss_weighting``
   (``edmlab.design.loss.DenoisingLoss``);
-- ``ict``, ``ect``, ``scm``: consistency training (``edmlab.design.consistency``), which draw their own σ pairs
-  and weight them by their own λ(σ, r); the two groups are then not read.
+- ``ict``, ``ect``, ``scm``: consistency training (``edmlab.design.consistency``), which draw their own σ (and r)
+  and weight them themselves; the two groups are then not read.
 """
 from edmlab.infra.spec import build
 

@@ -144,16 +144,17 @@ class EDMPrecond(Precond):
 
     ``boundary_sigma`` = ε makes D a consistency function f (Song et al. 2023, "Consistency Models", App. C):
     c_skip = σ_d²/((σ − ε)² + σ_d²), c_out = σ_d·(σ − ε)/√(σ² + σ_d²), so that f(x, ε) = x exactly; c_in and
-    c_noise stay EDM's, so an EDM network tunes into one (ECT). Its σ range then starts at ε."""
+    c_noise stay EDM's, so an EDM network tunes into one (ECT). Its σ range then starts at ε. ε = 0 gives EDM's
+    coefficients, already f(x, 0) = x (sCM's TrigFlow consistency function)."""
 
     def __init__(self, model, sigma_data=0.5, sigma_min=0.0, sigma_max=math.inf, label_dim=None,
                  boundary_sigma: float | None = None):
         super().__init__(model, label_dim)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got sigma_data={sigma_data}")
-        if boundary_sigma is not None and not (isinstance(boundary_sigma, (int, float)) and boundary_sigma > 0):
-            raise ValueError(f"boundary_sigma must be a noise level > 0 (CM's ε = 0.002) or null, got "
-                             f"boundary_sigma={boundary_sigma!r}")
+        if boundary_sigma is not None and not (isinstance(boundary_sigma, (int, float)) and boundary_sigma >= 0):
+            raise ValueError(f"boundary_sigma must be a noise level >= 0 (CM's ε = 0.002; 0: EDM's own coefficients, "
+                             f"sCM) or null, got boundary_sigma={boundary_sigma!r}")
         self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
         self.boundary_sigma = None if boundary_sigma is None else float(boundary_sigma)
         if self.boundary_sigma is not None:

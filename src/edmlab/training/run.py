@@ -71,6 +71,11 @@ def _typed_like_defaults(group: str, node) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Every value the run will use, types included, before anything is built or written."""
+    missing = sorted(OmegaConf.missing_keys(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])))
+    missing += [str(key) for key in cfg.get("required") or () if OmegaConf.select(cfg, str(key)) is None]
+    _need(not missing, f"{', '.join(f'{key}=null' for key in missing)}: this config needs "
+                       f"{' '.join(f'{key}=...' for key in missing)} (e.g. experiment=digits_ect tunes a trained run: "
+                       f"init_from=<run dir | network.pt | NVlabs .pkl>)")
     _number("batch_size", cfg.batch_size, integer=True, low=1)
     _number("batch_gpu", cfg.batch_gpu, integer=True, low=1, allow_none=True)
     _number("seed", cfg.seed, integer=True, low=0)
@@ -225,6 +230,9 @@ def with_boundary(preconditioning: dict, objective) -> dict:
           f"objective={objective.get('_target_', '?').rsplit('.', 1)[-1]} trains a consistency model on EDM's "
           f"preconditioning with the boundary c_skip/c_out; preconditioning={target} has none: use "
           f"preconditioning=edm or edm2")
+    _need(not (str(objective.get("_target_", "")).endswith("SCMObjective") and target.endswith("EDM2Precond")),
+          "objective=scm differentiates the network forward (torch.func.jvp), and EDM2's forced weight "
+          "normalisation writes its weights in place during the forward: use preconditioning=edm")
     return {**preconditioning, "boundary_sigma": epsilon}
 
 
