@@ -151,6 +151,17 @@ def test_bad_objective_values_are_refused_in_one_line(kwargs, match):
         ECTObjective(**kwargs)
 
 
+@pytest.mark.parametrize("build,match", [
+    (lambda: ECTObjective(P_std=0), r"P_std must be > 0, got P_std=0"),
+    (lambda: ICTObjective(duration_kimg=10, batch_size=8, P_std=-1), r"objective.P_std must be a number > 0"),
+    (lambda: ICTObjective(duration_kimg=10, batch_size=8, s0=20, s1=10), r"objective.s1=10 must be >= objective.s0=20"),
+    (lambda: ICTObjective(duration_kimg=None, batch_size=8), r"objective.duration_kimg must be a number > 0"),
+    (lambda: SCMObjective(tangent_c=0), r"objective.tangent_c must be a number > 0, got tangent_c=0")])
+def test_objectives_without_a_way_to_draw_their_sigmas_are_refused(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
 def test_a_schedule_giving_r_at_or_above_sigma_is_refused():
     """k = −3: n(σ) = 1 − 3·sigmoid(−σ) < 0 for σ < ln 2, so r = σ(1 − n/2) > σ there: at σ = 1e-4,
     r = 1.24996e-4, at σ = 0.5, 0.533156 (refused when the objective is built and, if changed later, at the step)."""
