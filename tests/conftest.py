@@ -24,7 +24,7 @@ TINY = ["network.model_channels=16", "network.channel_mult=[1,2]", "batch_size=3
 NUMERICS = {"test_dinov2", "test_edm2_net", "test_fid", "test_guidance", "test_loss_weighting", "test_metrics",
             "test_nets", "test_preconditioning", "test_sampler", "test_schedules", "test_solvers_multistep",
             "test_augment", "test_lr_schedules", "test_viz", "test_phema", "test_nvlabs_pickle", "test_eval",
-            "test_likelihood", "test_flow_matching", "test_solvers_sde", "test_solver_records"}
+            "test_likelihood", "test_flow_matching", "test_solvers_sde", "test_solver_records", "test_consistency"}
 
 
 def pytest_collection_modifyitems(items):
