@@ -367,7 +367,7 @@ def test_adaptive_nfe_follows_the_tolerance_and_is_counted_per_sample():
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(solver="rk4"), ValueError, r"unknown solver 'rk4': choose one of \['adaptive', 'deis'"),
+    (dict(solver="rk4"), ValueError, r"unknown solver 'rk4': choose one of \['adaptive', 'consistency', 'deis'"),
     (dict(solver="ipndm", max_order=5), ValueError, r"solver='ipndm' has orders 1…4, got max_order=5"),
     (dict(solver="unipc", max_order=0), ValueError, r"solver='unipc' has orders 1…3, got max_order=0"),
     (dict(solver="deis", max_order=4), ValueError, r"solver='deis' has orders 1…3, got max_order=4"),

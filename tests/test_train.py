@@ -108,7 +108,23 @@ ARCH = {"ddpmpp": ("SongUNet", "positional"), "ncsnpp": ("SongUNet", "fourier"),
 
 def test_edm_runs_cover_every_image_preset():
     assert set(EDM_RUNS) == {p for p in options("experiment") if p.startswith(("cifar10_", "ffhq64_", "afhqv2_64_",
-                                                                                "imagenet64_", "config_a_"))}
+                                                                                "imagenet64_", "config_a_"))
+                             and not p.endswith("_ect")}
+
+
+def test_cifar10_ect_preset_is_locuslab_run_ecm(tmp_path):
+    """locuslab/ect run_ecm.sh (4311059): batch 128, 200k steps (25.6 Mimg), lr 1e-4, dropout 0.2, no augmentation,
+    a stage every 250 ticks of 12.8 kimg (3.2 Mimg), EMA β = 0.9999 per step (half-life 128·ln ½/ln β images),
+    ECMLoss defaults P_mean −1.1, P_std 2.0, q 2, k 8, b 1, and 2-step sampling at mid_t 0.821."""
+    cfg = compose("train", ["experiment=cifar10_uncond_ect", "init_from=edm.pkl"], tmp_path)
+    assert (cfg.batch_size, cfg.duration_kimg, cfg.optim.lr, cfg.network.dropout, cfg.augment) == \
+        (128, 25600, 1e-4, 0.2, None)
+    assert cfg.objective._target_.endswith("ECTObjective") and cfg.objective.stage_kimg == 12.8 * 250
+    assert (cfg.objective.P_mean, cfg.objective.P_std, cfg.objective.q, cfg.objective.k, cfg.objective.b) == \
+        (-1.1, 2.0, 2.0, 8.0, 1.0)
+    assert cfg.ema.halflife_kimg == pytest.approx(128 * math.log(0.5) / math.log(0.9999) / 1000, abs=0.5)
+    assert (cfg.sampler.solver, list(cfg.sampler.steps)) == ("consistency", [80, 0.821, 0.002])
+    assert list(cfg.required) == ["init_from"]
 
 
 @pytest.mark.parametrize("experiment", sorted(EDM_RUNS))
