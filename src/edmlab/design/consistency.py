@@ -139,8 +139,9 @@ class ICTNoise:
         self.probabilities = (cdf[1:] - cdf[:-1]).float()
 
     def sample(self, n: int, generator=None, device="cpu") -> torch.Tensor:
-        index = torch.multinomial(self.probabilities.to(device), n, replacement=True, generator=generator)
-        return self.grid.to(device)[index + 1]
+        self.grid, self.probabilities = self.grid.to(device), self.probabilities.to(device)  # moved once, kept there
+        index = torch.multinomial(self.probabilities, n, replacement=True, generator=generator)
+        return self.grid[index + 1]
 
 
 class ICTObjective(ConsistencyObjective):
@@ -152,7 +153,8 @@ class ICTObjective(ConsistencyObjective):
                  s0: int = 10, s1: int = 1280, sigma_max: float = 80.0, rho: float = 7.0,
                  metric: str = "pseudo_huber", c: float | None = None, boundary_sigma: float = 0.002):
         super().__init__(metric, c, boundary_sigma)
-        _positive("s0", s0, integer=True), _positive("s1", s1, integer=True), _positive("rho", rho)
+        for name, value, integer in (("s0", s0, True), ("s1", s1, True), ("rho", rho, False)):
+            _positive(name, value, integer)
         if s1 < s0:
             raise ValueError(f"objective.s1={s1} must be >= objective.s0={s0} (the curriculum's final and first size)")
         if not sigma_max > self.boundary_sigma:
@@ -177,7 +179,7 @@ class ICTObjective(ConsistencyObjective):
             self.noise_distribution.set_grid(self.grid)
 
     def pair(self, sigma):
-        grid = self.grid.to(sigma.device)
+        self.grid = grid = self.grid.to(sigma.device)
         return grid[torch.searchsorted(grid, sigma) - 1]
 
     def weight(self, sigma, r):
